@@ -1,0 +1,5 @@
+import sys
+
+from gradience.cli import main
+
+sys.exit(main())

@@ -1,0 +1,312 @@
+"""The experiment configuration: one validated model for the YAML files in ``experiments/``.
+
+Every field carries its help text, so this module *is* the configuration reference. Unknown
+keys are rejected (a misspelt ``warmup_step`` must not be silently ignored) and every known
+key is used somewhere in the pipeline.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from gradience.errors import GradienceError
+from gradience.io import describe_validation_error
+
+#: Names of the variants the mechanism test can train (see gradience.experiment).
+VARIANT_NAMES = (
+    "probe",
+    "per_layer",
+    "per_layer_shuffled",
+    "per_layer_shuffled_within_type",
+    "uniform_matched",
+    "uniform_median",
+    "uniform_p90",
+    "per_layer_shuffled_k",
+)
+
+AlphaPolicy = Literal["constant_scale", "fixed_alpha", "rslora"]
+
+_POLICY_RE = re.compile(r"^(energy@(0(\.\d+)?|1(\.0+)?)|erank|stable_rank|knee|oht)$")
+
+
+def validate_policy_name(name: str) -> str:
+    """Check a rank-policy name (``energy@0.90``, ``erank``, ``stable_rank``, ``knee``, ``oht``)."""
+    if not _POLICY_RE.match(name):
+        raise ValueError(
+            f"unknown rank policy {name!r}; expected energy@TAU with TAU in (0, 1], "
+            "erank, stable_rank, knee or oht"
+        )
+    if name.startswith("energy@") and float(name.split("@", 1)[1]) <= 0:
+        raise ValueError(f"energy threshold in {name!r} must be in (0, 1]")
+    return name
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(_Section):
+    name: str = Field(
+        "mistralai/Mistral-7B-v0.1",
+        description="Hugging Face model id or local path of the base model, or "
+        "'embedded:tiny-mistral' for the small CPU model gradience pre-trains once and caches.",
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit) to pin.")
+    device_map: str | None = Field(
+        None, description="Passed to from_pretrained (e.g. 'auto'); null places the model on env.device."
+    )
+    attn_implementation: str | None = Field(
+        None, description="Attention kernel for from_pretrained ('sdpa', 'eager', 'flash_attention_2')."
+    )
+    trust_remote_code: bool = Field(
+        False, description="Allow the model repository to run its own code. Off unless you trust it."
+    )
+    gguf_file: str | None = Field(
+        None, description="GGUF file inside the model repo/folder to load (dequantized) instead of safetensors."
+    )
+
+
+class TaskConfig(_Section):
+    name: Literal["gsm8k", "gsm_symbolic", "arithmetic"] = Field(
+        "gsm8k",
+        description="Task profile: 'gsm8k' (hub or local JSONL), 'gsm_symbolic' (offline, "
+        "reasoning-gym), 'arithmetic' (offline one-step word problems for the embedded model).",
+    )
+    dataset: str = Field("openai/gsm8k", description="Hub dataset id for the gsm8k profile.")
+    dataset_config: str = Field("main", description="Hub dataset configuration name.")
+    train_split: str = Field("train", description="Split used for training.")
+    eval_split: str = Field("test", description="Split used for evaluation.")
+    train_file: str | None = Field(
+        None, description="Local JSONL with 'question' and 'answer' (ending in '#### N'); replaces the hub train split."
+    )
+    eval_file: str | None = Field(
+        None, description="Local JSONL with 'question' and 'answer'; replaces the hub eval split."
+    )
+    prompt_template: str = Field(
+        "Question: {question}\nAnswer:", description="Prompt; must contain '{question}'."
+    )
+    max_seq_length: int = Field(
+        512, gt=8, description="Longest prompt+completion in tokens; longer examples are dropped and reported, never cut."
+    )
+    train_samples: int | None = Field(
+        None, gt=0, description="Use only the first N training examples (after a seeded shuffle); null = all."
+    )
+    eval_samples: int | None = Field(
+        500, gt=0, description="Fixed eval subset size, identical for every variant and seed; null = whole split."
+    )
+    data_seed: int = Field(
+        1234, description="Seed that picks the eval subset and generates offline data (not the training seed)."
+    )
+    generated_train_size: int = Field(
+        2000, gt=0, description="Offline profiles: number of training problems to generate."
+    )
+    generated_eval_size: int = Field(
+        200, gt=0, description="Offline profiles: number of evaluation problems to generate."
+    )
+    max_new_tokens: int = Field(256, gt=0, description="Generation budget per eval item.")
+    eval_batch_size: int = Field(16, gt=0, description="Items per generation batch (left-padded).")
+    stop_strings: list[str] = Field(
+        default_factory=lambda: ["\nQuestion:"],
+        description="Generation stops at EOS or at any of these strings (cut from the completion).",
+    )
+
+    @field_validator("prompt_template")
+    @classmethod
+    def _has_question(cls, value: str) -> str:
+        if "{question}" not in value:
+            raise ValueError("must contain the placeholder '{question}'")
+        return value
+
+
+class TrainConfig(_Section):
+    seeds: list[int] = Field(
+        default_factory=lambda: [42, 43, 44], min_length=1, description="One full run per seed (paired design)."
+    )
+    max_steps: int = Field(1200, gt=0, description="Optimizer steps per variant (identical budget).")
+    learning_rate: float = Field(3e-4, gt=0, description="Peak learning rate.")
+    per_device_train_batch_size: int = Field(8, gt=0, description="Examples per device per step.")
+    gradient_accumulation_steps: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
+    warmup_steps: int = Field(120, ge=0, description="Linear warm-up steps.")
+    lr_scheduler_type: str = Field("cosine", description="transformers scheduler name.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
+    optim: str = Field("adamw_torch", description="transformers optimizer name.")
+    logging_steps: int = Field(10, gt=0, description="Log the training loss every N steps.")
+    eval_steps: int | None = Field(
+        None, gt=0, description="Compute held-out loss every N steps (null: only at the end)."
+    )
+    save_steps: int | None = Field(
+        200, gt=0, description="Trainer checkpoint every N steps, used to resume a killed job (null: none)."
+    )
+    gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
+    report_to: list[str] = Field(
+        default_factory=lambda: ["none"], description="Trainer loggers: none, tensorboard, wandb, mlflow."
+    )
+    dataloader_num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+
+
+class LoraSection(_Section):
+    probe_r: int = Field(64, gt=0, description="Uniform rank of the probe adapter that gets audited.")
+    lora_alpha: float = Field(32, gt=0, description="LoRA alpha of the probe.")
+    lora_dropout: float = Field(0.1, ge=0, lt=1, description="Dropout on the LoRA input.")
+    target_modules: list[str] = Field(
+        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        min_length=1,
+        description="Module-name suffixes to adapt.",
+    )
+    bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases train.")
+    alpha_policy: AlphaPolicy = Field(
+        "constant_scale",
+        description="How alpha follows rank: 'constant_scale' keeps alpha/r equal to the probe's in "
+        "every module (variants differ only in rank); 'fixed_alpha' keeps alpha (scale = alpha/r_i); "
+        "'rslora' uses alpha/sqrt(r_i).",
+    )
+
+
+class CompressionConfig(_Section):
+    policy: str = Field("energy@0.90", description="Rank policy that turns the probe's audit into per-module ranks.")
+    allowed_ranks: list[int] = Field(
+        default_factory=lambda: [1, 2, 4, 8, 16, 32, 64],
+        min_length=1,
+        description="Ranks a module may get; a policy's value is rounded UP to the next allowed rank.",
+    )
+    margin: float = Field(1.0, gt=0, description="Multiply each policy rank by this before rounding up.")
+    variants: list[str] = Field(
+        default_factory=lambda: ["probe", "per_layer", "per_layer_shuffled"],
+        min_length=1,
+        description="Variants to train, in order. 'probe' always runs first (the audit needs it).",
+    )
+    shuffle_k: int = Field(5, gt=0, description="Number of independent shuffles for 'per_layer_shuffled_k'.")
+    probe_gate: float = Field(
+        0.0, ge=0, le=1, description="Stop a seed right after its probe if probe exact match is below this."
+    )
+
+    @field_validator("policy")
+    @classmethod
+    def _policy(cls, value: str) -> str:
+        return validate_policy_name(value)
+
+    @field_validator("allowed_ranks")
+    @classmethod
+    def _ranks(cls, value: list[int]) -> list[int]:
+        if any(r <= 0 for r in value):
+            raise ValueError("ranks must be positive integers")
+        return sorted(set(value))
+
+    @field_validator("variants")
+    @classmethod
+    def _variants(cls, value: list[str]) -> list[str]:
+        unknown = [v for v in value if v not in VARIANT_NAMES]
+        if unknown:
+            raise ValueError(f"unknown variant(s) {unknown}; known: {list(VARIANT_NAMES)}")
+        if len(set(value)) != len(value):
+            raise ValueError("a variant is listed twice")
+        return value
+
+
+class EnvConfig(_Section):
+    device: Literal["auto", "cpu", "cuda", "mps"] = Field(
+        "auto", description="Where to train and evaluate; 'auto' picks CUDA when present."
+    )
+    torch_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "bfloat16", description="Weights dtype; bfloat16/float16 also turn on mixed-precision training."
+    )
+    output_base_dir: str = Field(
+        "experiments/mechanism_test_results", description="Where runs are written (relative to the working directory)."
+    )
+    executor: Literal["local", "ray"] = Field("local", description="Run jobs one by one, or as Ray tasks.")
+    ray_address: str | None = Field(
+        None, description="ray.init(address=...) for the ray executor; null starts a local Ray."
+    )
+    resume_from_checkpoint: bool = Field(
+        True, description="An unfinished training job restarts from its last Trainer checkpoint."
+    )
+    num_threads: int | None = Field(None, gt=0, description="torch CPU threads (null: torch's default).")
+
+
+class HypothesisConfig(_Section):
+    primary_metric: Literal["exact_match", "strict_match"] = Field(
+        "exact_match", description="Metric the hypotheses are decided on."
+    )
+    compression_threshold: float = Field(
+        0.02, description="per_layer must beat probe by more than this (absolute accuracy)."
+    )
+    mechanism_threshold: float = Field(
+        0.01, description="per_layer must beat per_layer_shuffled by more than this."
+    )
+    alpha: float = Field(0.05, gt=0, lt=1, description="Significance level (after Holm correction).")
+    min_effect_size: float = Field(0.5, ge=0, description="Minimum Cohen's d for compression efficacy.")
+    power: float = Field(0.8, gt=0, lt=1, description="Target power for the seeds-needed estimate.")
+
+
+class MetadataConfig(_Section):
+    name: str = Field("mechanism_test", description="Experiment name shown in reports.")
+    description: str = Field("", description="Free text shown in reports.")
+    tags: list[str] = Field(default_factory=list, description="Free labels.")
+    hypothesis: dict[str, str] = Field(
+        default_factory=dict, description="The hypotheses in words (e.g. H0, H1), shown in reports."
+    )
+
+
+class ExperimentConfig(_Section):
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    task: TaskConfig = Field(default_factory=TaskConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    lora: LoraSection = Field(default_factory=LoraSection)
+    compression: CompressionConfig = Field(default_factory=CompressionConfig)
+    env: EnvConfig = Field(default_factory=EnvConfig)
+    hypothesis: HypothesisConfig = Field(default_factory=HypothesisConfig)
+    metadata: MetadataConfig = Field(default_factory=MetadataConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ExperimentConfig:
+        if self.lora.probe_r not in self.compression.allowed_ranks:
+            raise ValueError(
+                f"lora.probe_r={self.lora.probe_r} must be one of compression.allowed_ranks "
+                f"{self.compression.allowed_ranks}"
+            )
+        return self
+
+    def config_hash(self) -> str:
+        """Short content hash of the whole validated config (defaults included)."""
+        return hash_data(self.model_dump(mode="json"))
+
+    def training_hash(self) -> str:
+        """Hash of everything that changes a trained adapter or its eval (not env/hypothesis/metadata)."""
+        data = self.model_dump(mode="json", include={"model", "task", "train", "lora"})
+        data["train"].pop("seeds")
+        data["train"].pop("report_to")
+        data["train"].pop("logging_steps")
+        data["train"].pop("dataloader_num_workers")
+        data["env"] = {"torch_dtype": self.env.torch_dtype}
+        return hash_data(data)
+
+
+def hash_data(data: Any) -> str:
+    """sha256 of canonical JSON, first 16 hex digits."""
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]
+
+
+def load_config(path: str | Path) -> ExperimentConfig:
+    """Read and validate a YAML config; any problem becomes one GradienceError naming file and key."""
+    path = Path(path)
+    if not path.is_file():
+        raise GradienceError("config file not found", path=path)
+    try:
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise GradienceError(f"not valid YAML: {exc}".replace("\n", " "), path=path) from None
+    if not isinstance(data, dict):
+        raise GradienceError("top level must be a mapping of sections", path=path)
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise GradienceError(describe_validation_error(exc), path=path) from None

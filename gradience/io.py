@@ -1,0 +1,74 @@
+"""Atomic, versioned JSON files: every file the pipeline writes goes through here."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel, ValidationError
+
+from gradience.errors import GradienceError
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Write ``text`` to ``path`` via a temp file in the same folder and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def write_json_atomic(path: str | Path, data: object) -> Path:
+    """Write plain JSON data atomically (sorted keys are NOT applied: order is meaningful)."""
+    return write_text_atomic(path, json.dumps(data, indent=2, allow_nan=False) + "\n")
+
+
+def write_model(path: str | Path, model: BaseModel) -> Path:
+    """Write a result model as JSON atomically."""
+    return write_text_atomic(path, model.model_dump_json(indent=2) + "\n")
+
+
+def read_json(path: str | Path) -> object:
+    """Read JSON, turning a missing or malformed file into a GradienceError naming it."""
+    path = Path(path)
+    if not path.is_file():
+        raise GradienceError("file not found", path=path)
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise GradienceError(f"not valid JSON ({exc.msg} at line {exc.lineno})", path=path) from None
+
+
+def read_model(path: str | Path, model_type: type[M]) -> M:
+    """Read and validate a result file; the first problem is reported with its key path."""
+    data = read_json(path)
+    try:
+        return model_type.model_validate(data)
+    except ValidationError as exc:
+        raise GradienceError(describe_validation_error(exc), path=path) from None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One line: the key path of the first error and what was expected."""
+    first = exc.errors()[0]
+    loc = ".".join(str(part) for part in first["loc"]) or "<root>"
+    extra = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
+    got = first.get("input")
+    got_text = "" if first["type"] == "missing" else f"; got {got!r}"
+    if len(got_text) > 80:
+        got_text = got_text[:77] + "..."
+    return f"{loc}: {first['msg']}{got_text}{extra}"

@@ -1,0 +1,247 @@
+"""The typed, versioned results every stage writes and reads (one schema, end to end).
+
+Each model maps 1:1 to a JSON file the pipeline writes (``audit.json``, ``ranks/<variant>.json``,
+``train_result.json``, ``eval.json``, ``bench.json``, ``aggregated_results.json``,
+``mechanism_analysis.json``). Stages exchange these models, never each other's internals.
+Extra keys are allowed on read so that newer writers stay readable, but ``schema_version``
+must match.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+SCHEMA_VERSION = 1
+
+
+class _Result(BaseModel):
+    model_config = ConfigDict(extra="allow", protected_namespaces=())
+
+
+class _Versioned(_Result):
+    schema_version: Literal[1] = SCHEMA_VERSION
+
+
+# ---------------------------------------------------------------- audit (gradience audit)
+
+
+class AdapterInfo(_Result):
+    path: str
+    base_model: str | None
+    r: int
+    lora_alpha: float
+    use_rslora: bool
+
+
+class ModuleAudit(_Result):
+    name: str = Field(description="Module name relative to the base model, as rank_pattern matches it.")
+    type: str = Field(description="Last name component: q_proj, ..., c_attn.")
+    layer: int | None = Field(description="Transformer block index, or null if the name has none.")
+    r: int
+    alpha: float
+    scaling: float
+    d_in: int
+    d_out: int
+    params: int = Field(description="LoRA parameters of this module: r * (d_in + d_out).")
+    singular_values: list[float] = Field(description="Of B·A, unscaled, descending, length r.")
+    frobenius_norm: float
+    spectral_norm: float
+    stable_rank: float
+    effective_rank: float
+    utilization: float
+    energy_rank: dict[str, int]
+    suggested_rank: dict[str, int]
+
+
+class PolicySummary(_Result):
+    median: int
+    p90: int
+    max: int
+
+
+class AuditSummary(_Result):
+    n_modules: int
+    total_params: int
+    policies: dict[str, PolicySummary]
+
+
+class AuditResult(_Versioned):
+    adapter: AdapterInfo
+    modules: list[ModuleAudit]
+    summary: AuditSummary
+    allowed_ranks: list[int] = Field(default_factory=list)
+
+
+# ---------------------------------------------------------------- ranks (gradience suggest)
+
+
+class RankPattern(_Versioned):
+    policy: str = Field(description="Policy or variant rule that produced the ranks.")
+    allowed_ranks: list[int]
+    probe_r: int
+    ranks: dict[str, int] = Field(description="Every module, in the audit's module order.")
+    trainable_params: int
+
+
+# ---------------------------------------------------------------- train / eval
+
+
+class TrainResult(_Versioned):
+    seed: int
+    variant: str | None = None
+    base_model: str
+    ranks: dict[str, int]
+    alphas: dict[str, float]
+    alpha_policy: str
+    trainable_params: int
+    steps: int
+    tokens: int = Field(description="Non-padding tokens seen in training.")
+    wall_time_s: float
+    loss_first: float | None = None
+    loss_last: float | None = None
+    loss_min: float | None = None
+    loss_curve: list[tuple[int, float]] = Field(default_factory=list, description="(step, loss) pairs.")
+    dropped_examples: int = 0
+    versions: dict[str, str] = Field(default_factory=dict)
+    config_hash: str | None = None
+
+
+class EvalResult(_Versioned):
+    exact_match: float = Field(description="Flexible extraction: '####' answer, else the last number.")
+    strict_match: float = Field(description="Only answers given after '####'.")
+    n_items: int
+    item_ids: list[str]
+    wall_time_s: float
+    tokens_per_s: float
+    generated_tokens: int = 0
+    adapter: str | None = None
+
+
+class Prediction(_Result):
+    id: str
+    prompt: str
+    completion: str
+    extracted: str | None
+    gold: str
+    correct: bool
+    strict_correct: bool = False
+
+
+# ---------------------------------------------------------------- mechanism test
+
+
+JobStatus = Literal["done", "failed", "skipped", "pending", "gated"]
+
+
+class SeedVariantSummary(_Result):
+    status: JobStatus
+    exact_match: float | None = None
+    strict_match: float | None = None
+    delta_vs_probe: float | None = None
+    trainable_params: int | None = None
+    rank_histogram: dict[str, int] = Field(default_factory=dict)
+    ranks_file: str | None = None
+    error: str | None = None
+
+
+class SeedBench(_Versioned):
+    seed: int
+    config_hash: str
+    status: Literal["done", "partial", "gated", "failed"]
+    message: str | None = None
+    variants: dict[str, SeedVariantSummary]
+
+
+class ValueStats(_Result):
+    mean: float | None
+    std: float | None = Field(description="Sample standard deviation (ddof=1); null with one value.")
+    values: list[float]
+
+
+class VariantRun(_Result):
+    exact_match: float
+    strict_match: float
+    trainable_params: int
+    ranks_file: str
+    item_correct: list[int] = Field(description="0/1 per eval item, in eval_item_ids order.")
+
+
+class VariantAggregate(_Result):
+    accuracy: ValueStats
+    trainable_params: ValueStats
+    runs: dict[str, VariantRun] = Field(description="Keyed by seed (as a string).")
+
+
+class Failure(_Result):
+    seed: int
+    variant: str
+    error: str
+
+
+class AggregatedResults(_Versioned):
+    primary_metric: str
+    seeds: list[int]
+    config_hash: str
+    alpha_policy: str
+    eval_item_ids: list[str]
+    variants: dict[str, VariantAggregate]
+    failures: list[Failure] = Field(default_factory=list)
+
+
+# ---------------------------------------------------------------- analysis
+
+
+class TestStat(_Result):
+    statistic: float | None
+    p: float | None
+    reason: str | None = None
+
+
+class McNemar(_Result):
+    b: int = Field(description="Items A got right and B wrong.")
+    c: int = Field(description="Items B got right and A wrong.")
+    p: float
+
+
+class PooledItemTest(_Result):
+    method: str
+    p: float | None
+    ci95: tuple[float, float] | None
+    reason: str | None = None
+
+
+class ItemLevel(_Result):
+    mcnemar: dict[str, McNemar]
+    pooled: PooledItemTest
+
+
+class Contrast(_Result):
+    a: str
+    b: str
+    n_seeds: int
+    mean_diff: float | None
+    ci95: tuple[float, float] | None
+    paired_t: TestStat
+    welch_t: TestStat
+    cohens_d: float | None
+    cohens_dz: float | None
+    holm_p: float | None
+    item_level: ItemLevel
+    seeds_for_80pct_power: int | None
+    notes: list[str] = Field(default_factory=list)
+
+
+VerdictLabel = Literal["real_mechanism", "heterogeneity_only", "no_benefit", "inconclusive"]
+
+
+class Verdict(_Result):
+    label: VerdictLabel
+    reasons: list[str]
+
+
+class MechanismAnalysis(_Versioned):
+    contrasts: dict[str, Contrast]
+    verdict: Verdict
+    inputs: dict[str, object]
