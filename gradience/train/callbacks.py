@@ -1,0 +1,54 @@
+"""Trainer callbacks: stop on a non-finite loss, keep the loss curve, report progress."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from transformers import TrainerCallback
+
+from gradience.errors import GradienceError
+
+
+class NonFiniteLossError(GradienceError):
+    """The training loss became NaN or infinite (learning rate, dtype or data)."""
+
+
+class LossGuard(TrainerCallback):
+    """Raises NonFiniteLossError as soon as a logged loss is NaN/inf.
+
+    The Trainer must run with ``logging_nan_inf_filter=False``: otherwise it replaces a
+    non-finite step loss by the running mean and the divergence would never be seen.
+    """
+
+    def __init__(self, learning_rate: float):
+        self.learning_rate = learning_rate
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
+        for key in ("loss", "train_loss", "grad_norm"):
+            value = (logs or {}).get(key)
+            if value is not None and not math.isfinite(value):
+                raise NonFiniteLossError(
+                    f"training stopped at step {state.global_step}: {key} is {value}; "
+                    f"lower train.learning_rate (now {self.learning_rate:g}) or use a wider env.torch_dtype",
+                    field="train.learning_rate",
+                )
+
+
+class LossRecorder(TrainerCallback):
+    """Keeps (step, loss) of every logging step and the held-out eval losses; forwards progress."""
+
+    def __init__(self, progress: Callable[[dict], None] | None = None):
+        self.curve: list[tuple[int, float]] = []
+        self.eval_curve: list[tuple[int, float]] = []
+        self.progress = progress
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
+        logs = logs or {}
+        if "loss" in logs:
+            self.curve.append((state.global_step, float(logs["loss"])))
+            if self.progress is not None:
+                self.progress({"step": state.global_step, "max_steps": state.max_steps, "loss": float(logs["loss"])})
+        if "eval_loss" in logs:
+            self.eval_curve.append((state.global_step, float(logs["eval_loss"])))

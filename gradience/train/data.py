@@ -1,0 +1,91 @@
+"""Training data: tokenized examples with the prompt masked out of the loss, and their collator.
+
+``DataCollatorForLanguageModeling`` would rebuild ``labels`` from ``input_ids`` and put the
+prompt back into the loss; :class:`CompletionCollator` only pads, keeping the task's labels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from gradience.errors import GradienceError
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+    from gradience.config import TaskConfig
+    from gradience.tasks import Example
+
+IGNORE_INDEX = -100
+
+
+@dataclass
+class EncodedExamples:
+    """Tokenized examples (``input_ids``, ``attention_mask``, ``labels`` lists) and what was dropped."""
+
+    features: list[dict[str, list[int]]]
+    ids: list[str]
+    dropped_ids: list[str] = field(default_factory=list)
+
+
+def encode_examples(
+    tokenizer: PreTrainedTokenizerBase, task: TaskConfig, examples: Sequence[Example]
+) -> EncodedExamples:
+    """Prompt + completion + EOS per example; over-long ones are dropped (never cut) and counted."""
+    from gradience.tasks import build_completion, build_prompt, encode_example
+
+    encoded = EncodedExamples(features=[], ids=[])
+    for example in examples:
+        feature = encode_example(
+            tokenizer, build_prompt(task, example), build_completion(example), task.max_seq_length
+        )
+        if feature is None:
+            encoded.dropped_ids.append(example.id)
+            continue
+        encoded.features.append(
+            {key: list(feature[key]) for key in ("input_ids", "attention_mask", "labels")}
+        )
+        encoded.ids.append(example.id)
+    if not encoded.features:
+        raise GradienceError(
+            f"all {len(examples)} examples are longer than max_seq_length={task.max_seq_length} tokens",
+            field="task.max_seq_length",
+        )
+    return encoded
+
+
+class FeatureDataset:
+    """A map-style dataset over already tokenized features (what the Trainer's sampler indexes)."""
+
+    def __init__(self, features: Sequence[dict[str, list[int]]]):
+        self.features = list(features)
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, index: int) -> dict[str, list[int]]:
+        return self.features[index]
+
+
+@dataclass(frozen=True)
+class CompletionCollator:
+    """Right-pads a batch: ``input_ids`` with the pad id, ``attention_mask`` with 0, ``labels`` with -100."""
+
+    pad_token_id: int
+    pad_to_multiple_of: int | None = None
+
+    def __call__(self, features: Sequence[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        import torch
+
+        longest = max(len(f["input_ids"]) for f in features)
+        if self.pad_to_multiple_of:
+            longest = -(-longest // self.pad_to_multiple_of) * self.pad_to_multiple_of
+        fill = {"input_ids": self.pad_token_id, "attention_mask": 0, "labels": IGNORE_INDEX}
+        batch = {}
+        for key, value in fill.items():
+            rows = [list(f[key]) + [value] * (longest - len(f[key])) for f in features]
+            batch[key] = torch.tensor(rows, dtype=torch.long)
+        return batch

@@ -1,0 +1,262 @@
+"""Train one LoRA variant with the Hugging Face Trainer and save a verified adapter.
+
+Reads top to bottom: load → encode → seed → build (verified) → train → save. The seed is set
+before the PEFT model is built (LoRA init) and given to the Trainer's sampler (data order), so
+every variant of one seed sees the same batches in the same order — the paired design.
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gradience.config import ExperimentConfig, hash_data
+from gradience.errors import GradienceError
+from gradience.io import read_json, write_json_atomic, write_model
+from gradience.results import TrainResult
+from gradience.train.callbacks import LossGuard, LossRecorder
+from gradience.train.data import CompletionCollator, FeatureDataset, encode_examples
+from gradience.train.lora_build import (
+    build_peft_model,
+    module_alphas,
+    target_module_names,
+    uniform_ranks,
+)
+
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase, TrainingArguments
+
+    from gradience.tasks import TaskData
+
+ModelLoader = Callable[[ExperimentConfig], "tuple[PreTrainedModel, PreTrainedTokenizerBase]"]
+
+#: Held-out examples (from the eval split, never trained on) for the eval loss.
+EVAL_LOSS_EXAMPLES = 64
+CHECKPOINT_DIR = "checkpoints"
+ADAPTER_DIR = "adapter"
+_RUN_MARKER = "gradience_run.json"
+
+
+def train_variant(
+    cfg: ExperimentConfig,
+    ranks: Mapping[str, int] | int | None,
+    seed: int,
+    output_dir: str | Path,
+    *,
+    variant: str | None = None,
+    task_data: TaskData | None = None,
+    model_loader: ModelLoader | None = None,
+    progress: Callable[[dict], None] | None = None,
+    ranks_source: str | None = None,
+) -> TrainResult:
+    """Train one variant and write ``output_dir/adapter/`` and ``output_dir/train_result.json``.
+
+    ``ranks``: one rank per adapted module (names relative to the base model); an int for the
+    same rank everywhere; None for the probe (``lora.probe_r`` everywhere). ``progress`` gets
+    ``{"step", "max_steps", "loss"}`` at every logging step. ``ranks_source`` names the rank
+    file in error messages. Resumes from the last checkpoint when ``env.resume_from_checkpoint``.
+    """
+    import torch
+    from transformers import PrinterCallback, Trainer, set_seed
+
+    from gradience.models import load_model_and_tokenizer
+    from gradience.tasks import load_task
+
+    output_dir = Path(output_dir)
+    started = time.perf_counter()
+    if cfg.env.num_threads:
+        torch.set_num_threads(cfg.env.num_threads)
+    task_data = task_data if task_data is not None else load_task(cfg.task)
+    model, tokenizer = (model_loader or load_model_and_tokenizer)(cfg)
+    module_ranks = resolve_ranks(model, ranks, cfg)
+    train_set = encode_examples(tokenizer, cfg.task, task_data.train)
+    eval_set = encode_examples(tokenizer, cfg.task, task_data.eval[:EVAL_LOSS_EXAMPLES])
+
+    set_seed(seed)  # before get_peft_model: LoRA's A matrices are drawn here
+    peft_model, trainable = build_peft_model(model, module_ranks, cfg.lora, ranks_source)
+    if cfg.train.gradient_checkpointing:
+        peft_model.config.use_cache = False
+
+    checkpoint_dir = output_dir / CHECKPOINT_DIR
+    run_id = _run_identity(cfg, module_ranks, seed)
+    resume = _checkpoint_to_resume(checkpoint_dir, run_id, cfg.env.resume_from_checkpoint)
+    recorder = LossRecorder(progress)
+    trainer = Trainer(
+        model=peft_model,
+        args=training_arguments(cfg, seed, checkpoint_dir, quiet=progress is not None),
+        train_dataset=FeatureDataset(train_set.features),
+        eval_dataset=FeatureDataset(eval_set.features),
+        data_collator=CompletionCollator(pad_token_id=_pad_id(tokenizer)),
+        callbacks=[LossGuard(cfg.train.learning_rate), recorder],
+    )
+    if progress is not None:
+        trainer.remove_callback(PrinterCallback)  # it would print every log dict to stdout
+    if cfg.train.save_steps is not None:
+        write_json_atomic(checkpoint_dir / _RUN_MARKER, run_id)
+    trainer.train(resume_from_checkpoint=resume)
+    eval_loss = float(trainer.evaluate()["eval_loss"])
+
+    adapter_dir = save_adapter(peft_model, output_dir / ADAPTER_DIR)
+    result = TrainResult(
+        seed=seed,
+        variant=variant,
+        base_model=cfg.model.name,
+        ranks=dict(module_ranks),
+        alphas=module_alphas(module_ranks, cfg.lora),
+        alpha_policy=cfg.lora.alpha_policy,
+        trainable_params=trainable,
+        steps=trainer.state.global_step,
+        tokens=int(trainer.state.num_input_tokens_seen),
+        wall_time_s=time.perf_counter() - started,
+        **loss_summary(recorder.curve),
+        dropped_examples=len(train_set.dropped_ids),
+        versions=library_versions(),
+        config_hash=cfg.config_hash(),
+        training_hash=cfg.training_hash(),
+        train_examples=len(train_set.features),
+        eval_loss=eval_loss,
+        eval_loss_curve=recorder.eval_curve,
+        probe_r=cfg.lora.probe_r,
+        lora_alpha=cfg.lora.lora_alpha,
+        use_rslora=cfg.lora.alpha_policy == "rslora",
+        resumed_from=resume,
+        adapter_dir=str(adapter_dir),
+    )
+    write_model(output_dir / "train_result.json", result)
+    shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the finished adapter supersedes them
+    return result
+
+
+def resolve_ranks(model: PreTrainedModel, ranks: Mapping[str, int] | int | None, cfg: ExperimentConfig) -> dict[str, int]:
+    """Explicit ranks as given; an int (or None: ``lora.probe_r``) for every adapted module."""
+    if ranks is None or isinstance(ranks, int):
+        names = target_module_names(model, cfg.lora.target_modules)
+        if not names:
+            raise GradienceError(
+                f"{cfg.lora.target_modules} match no module of {cfg.model.name}", field="lora.target_modules"
+            )
+        return uniform_ranks(names, cfg.lora.probe_r if ranks is None else ranks)
+    return dict(ranks)
+
+
+def training_arguments(cfg: ExperimentConfig, seed: int, checkpoint_dir: Path, *, quiet: bool) -> TrainingArguments:
+    """TrainingArguments honouring every field of ``cfg.train`` (and mixed precision from ``cfg.env``)."""
+    from transformers import TrainingArguments
+
+    from gradience.models import resolve_device
+
+    t = cfg.train
+    device = resolve_device(cfg.env)
+    bf16, fp16 = mixed_precision(cfg, device)
+    return TrainingArguments(
+        output_dir=str(checkpoint_dir),
+        max_steps=t.max_steps,
+        learning_rate=t.learning_rate,
+        per_device_train_batch_size=t.per_device_train_batch_size,
+        per_device_eval_batch_size=t.per_device_train_batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        warmup_steps=t.warmup_steps,
+        lr_scheduler_type=t.lr_scheduler_type,
+        weight_decay=t.weight_decay,
+        max_grad_norm=t.max_grad_norm,
+        optim=t.optim,
+        logging_steps=t.logging_steps,
+        logging_nan_inf_filter=False,  # LossGuard must see a NaN, not the running mean
+        eval_strategy="steps" if t.eval_steps else "no",
+        eval_steps=t.eval_steps,
+        save_strategy="steps" if t.save_steps else "no",
+        save_steps=t.save_steps or 500,
+        save_total_limit=1,  # resuming needs only the last one
+        gradient_checkpointing=t.gradient_checkpointing,
+        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        report_to=[name for name in t.report_to if name != "none"] or "none",
+        dataloader_num_workers=t.dataloader_num_workers,
+        seed=seed,
+        data_seed=seed,
+        bf16=bf16,
+        fp16=fp16,
+        use_cpu=device.type == "cpu",
+        remove_unused_columns=False,
+        include_num_input_tokens_seen="non_padding",
+        disable_tqdm=quiet,
+        save_only_model=False,
+    )
+
+
+def mixed_precision(cfg: ExperimentConfig, device: torch.device) -> tuple[bool, bool]:
+    """(bf16, fp16) autocast for the Trainer: on CUDA only, and bf16 only where the GPU has it."""
+    import torch
+
+    from gradience.models import resolve_dtype
+
+    if device.type != "cuda":
+        return False, False
+    dtype = resolve_dtype(cfg.env)
+    return dtype == torch.bfloat16 and torch.cuda.is_bf16_supported(), dtype == torch.float16
+
+
+def save_adapter(peft_model: Any, adapter_dir: Path) -> Path:
+    """PEFT save_pretrained (adapter_config.json + safetensors), swapped into place in one rename."""
+    staging = adapter_dir.with_name(adapter_dir.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    peft_model.save_pretrained(str(staging), safe_serialization=True)
+    shutil.rmtree(adapter_dir, ignore_errors=True)
+    staging.rename(adapter_dir)
+    return adapter_dir
+
+
+def loss_summary(curve: list[tuple[int, float]]) -> dict[str, Any]:
+    losses = [loss for _, loss in curve]
+    return {
+        "loss_curve": curve,
+        "loss_first": losses[0] if losses else None,
+        "loss_last": losses[-1] if losses else None,
+        "loss_min": min(losses) if losses else None,
+    }
+
+
+def library_versions() -> dict[str, str]:
+    import peft
+    import torch
+    import transformers
+
+    import gradience
+
+    return {
+        "gradience": gradience.__version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+    }
+
+
+def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    if tokenizer.pad_token_id is None:
+        raise GradienceError("the tokenizer has no pad token", field="model.name")
+    return int(tokenizer.pad_token_id)
+
+
+def _run_identity(cfg: ExperimentConfig, ranks: Mapping[str, int], seed: int) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: the training config, the ranks and the seed."""
+    return {"training_hash": cfg.training_hash(), "ranks_hash": hash_data(dict(ranks)), "seed": seed}
+
+
+def _checkpoint_to_resume(checkpoint_dir: Path, run_id: dict[str, Any], enabled: bool) -> str | None:
+    """The last checkpoint of this very run, or None; checkpoints of another run are removed."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if not checkpoint_dir.is_dir():
+        return None
+    marker = checkpoint_dir / _RUN_MARKER
+    same_run = marker.is_file() and read_json(marker) == run_id
+    last = get_last_checkpoint(str(checkpoint_dir)) if same_run else None
+    if enabled and last is not None:
+        return last
+    shutil.rmtree(checkpoint_dir)  # stale (other config, ranks or seed) or resuming is off
+    return None
