@@ -210,6 +210,9 @@ class PooledItemTest(_Result):
     p: float | None
     ci95: tuple[float, float] | None
     reason: str | None = None
+    estimate: float | None = Field(None, description="Observed mean item difference A - B (over seeds).")
+    resamples: int | None = Field(None, description="Bootstrap resamples.")
+    rng_seed: int | None = Field(None, description="Bootstrap RNG seed (fixed: reruns agree).")
 
 
 class ItemLevel(_Result):
@@ -231,6 +234,18 @@ class Contrast(_Result):
     item_level: ItemLevel
     seeds_for_80pct_power: int | None
     notes: list[str] = Field(default_factory=list)
+    seeds: list[int | str] = Field(default_factory=list, description="The paired seeds used.")
+    values_a: list[float] = Field(default_factory=list, description="A's per-seed scores, in `seeds` order.")
+    values_b: list[float] = Field(default_factory=list, description="B's per-seed scores, in `seeds` order.")
+    sd_diff: float | None = Field(None, description="Sample sd (ddof=1) of the paired differences.")
+    threshold: float | None = Field(None, description="The hypothesis threshold this contrast is judged against.")
+    power_at_threshold: float | None = Field(
+        None, description="Power of the paired t at n_seeds for a true difference = threshold (observed sd)."
+    )
+    seeds_for_80pct_power_at_threshold: int | None = Field(
+        None, description="Seeds for the target power at a true difference = threshold (observed sd)."
+    )
+    holm_family: bool = Field(False, description="Whether holm_p corrects over the primary contrasts.")
 
 
 VerdictLabel = Literal["real_mechanism", "heterogeneity_only", "no_benefit", "inconclusive"]

@@ -1,0 +1,169 @@
+"""One contrast A vs B from the aggregated results: every statistic the verdict and report use.
+
+Only seeds where both variants finished are paired; the rest are named in ``notes`` (with the
+recorded failure, if any). Undefined statistics are ``None`` and the reason is in the
+statistic's ``reason`` field or in ``notes``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+from statsmodels.stats.multitest import multipletests
+
+from gradience.results import (
+    AggregatedResults,
+    Contrast,
+    ItemLevel,
+    McNemar,
+    PooledItemTest,
+    TestStat,
+)
+from gradience.stats.item_level import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    bootstrap_method,
+    hierarchical_bootstrap,
+    mcnemar_exact,
+)
+from gradience.stats.power import paired_t_power, seeds_for_power
+from gradience.stats.seed_level import TTest, cohens_d, cohens_dz, mean_diff, paired_t, welch_t
+
+
+def contrast_name(a: str, b: str) -> str:
+    return f"{a}_vs_{b}"
+
+
+def paired_seeds(results: AggregatedResults, a: str, b: str) -> list[str]:
+    """Seeds (as the string keys of ``runs``) where both variants have a finished run, in run order."""
+    runs_a, runs_b = results.variants[a].runs, results.variants[b].runs
+    ordered = [str(s) for s in results.seeds]
+    ordered += sorted((set(runs_a) | set(runs_b)) - set(ordered), key=_seed_sort_key)
+    return [s for s in ordered if s in runs_a and s in runs_b]
+
+
+def _seed_sort_key(seed: str) -> tuple[int, str]:
+    return (int(seed), seed) if seed.lstrip("-").isdigit() else (0, seed)
+
+
+def _test_stat(test: TTest) -> TestStat:
+    return TestStat(statistic=test.statistic, p=test.p, reason=test.reason)
+
+
+def _unpaired_notes(results: AggregatedResults, a: str, b: str, paired: Sequence[str]) -> list[str]:
+    notes = []
+    failures = {(str(f.seed), f.variant): f.error for f in results.failures}
+    for variant, other in ((a, b), (b, a)):
+        for seed in results.variants[variant].runs:
+            if seed not in paired:
+                error = failures.get((seed, other))
+                why = f" ({other} failed: {error})" if error else f" ({other} has no result)"
+                notes.append(f"seed {seed} left out of {a} vs {b}: only {variant} finished{why}")
+    for seed in results.seeds:
+        if str(seed) not in results.variants[a].runs and str(seed) not in results.variants[b].runs:
+            notes.append(f"seed {seed} left out of {a} vs {b}: neither variant finished")
+    return notes
+
+
+def missing_contrast(a: str, b: str, missing: Sequence[str]) -> Contrast:
+    """The contrast of a variant pair the results do not contain: every statistic null."""
+    reason = f"variant(s) {', '.join(missing)} not in the results"
+    undefined = TestStat(statistic=None, p=None, reason=reason)
+    return Contrast(
+        a=a, b=b, n_seeds=0, mean_diff=None, ci95=None, paired_t=undefined, welch_t=undefined,
+        cohens_d=None, cohens_dz=None, holm_p=None,
+        item_level=ItemLevel(mcnemar={}, pooled=PooledItemTest(
+            method=bootstrap_method(BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED), p=None, ci95=None, reason=reason)),
+        seeds_for_80pct_power=None, notes=[reason],
+    )
+
+
+def compare(
+    results: AggregatedResults,
+    a: str,
+    b: str,
+    *,
+    metric: str,
+    alpha: float,
+    power: float,
+    threshold: float | None = None,
+) -> Contrast:
+    """All statistics of A vs B (one-sided: H1 is A > B). ``holm_p`` is filled in by ``holm``."""
+    missing = [v for v in (a, b) if v not in results.variants]
+    if missing:
+        return missing_contrast(a, b, missing)
+    seeds = paired_seeds(results, a, b)
+    runs_a, runs_b = results.variants[a].runs, results.variants[b].runs
+    scores_a = [float(getattr(runs_a[s], metric)) for s in seeds]
+    scores_b = [float(getattr(runs_b[s], metric)) for s in seeds]
+    diff = mean_diff(scores_a, scores_b)
+    d, dz = cohens_d(scores_a, scores_b), cohens_dz(scores_a, scores_b)
+    needed = seeds_for_power(dz.value, alpha, power)
+    notes = _unpaired_notes(results, a, b, seeds)
+    notes += [f"{name}: {r}" for name, r in (("ci95", diff.reason), ("cohens_d", d.reason),
+                                             ("cohens_dz", dz.reason), ("power", needed.reason)) if r]
+    contrast = Contrast(
+        a=a, b=b, n_seeds=len(seeds), mean_diff=diff.mean, ci95=diff.ci95,
+        paired_t=_test_stat(paired_t(scores_a, scores_b)),
+        welch_t=_test_stat(welch_t(scores_a, scores_b)),
+        cohens_d=d.value, cohens_dz=dz.value, holm_p=None,
+        item_level=_item_level(results, a, b, seeds, metric),
+        seeds_for_80pct_power=needed.n, notes=notes,
+        seeds=[int(s) if s.lstrip("-").isdigit() else s for s in seeds],
+        values_a=scores_a, values_b=scores_b, sd_diff=diff.sd,
+    )
+    if threshold is not None:
+        _add_threshold_power(contrast, threshold, alpha, power)
+    return contrast
+
+
+def _add_threshold_power(contrast: Contrast, threshold: float, alpha: float, power: float) -> None:
+    """Power to detect a true difference equal to the threshold, given the observed sd of diffs."""
+    contrast.threshold = threshold
+    contrast.power_at_threshold = None
+    contrast.seeds_for_80pct_power_at_threshold = None
+    sd = contrast.sd_diff
+    if not sd or threshold <= 0:
+        contrast.notes.append("power at the threshold: needs a positive sd of the paired differences")
+        return
+    dz_threshold = threshold / sd
+    if contrast.n_seeds >= 2:
+        contrast.power_at_threshold = paired_t_power(dz_threshold, contrast.n_seeds, alpha)
+    needed = seeds_for_power(dz_threshold, alpha, power)
+    contrast.seeds_for_80pct_power_at_threshold = needed.n
+    if needed.reason:
+        contrast.notes.append(f"power at the threshold: {needed.reason}")
+
+
+def _item_level(results: AggregatedResults, a: str, b: str, seeds: Sequence[str], metric: str) -> ItemLevel:
+    runs_a, runs_b = results.variants[a].runs, results.variants[b].runs
+    mcnemar: dict[str, McNemar] = {}
+    diffs = []
+    for seed in seeds:
+        correct_a, correct_b = runs_a[seed].item_correct, runs_b[seed].item_correct
+        test = mcnemar_exact(correct_a, correct_b)
+        mcnemar[seed] = McNemar(b=test.b, c=test.c, p=test.p)
+        diffs.append(np.asarray(correct_a, dtype=float) - np.asarray(correct_b, dtype=float))
+    boot = hierarchical_bootstrap(diffs)
+    reason = boot.reason
+    if metric != "exact_match":
+        extra = f"item correctness is exact_match's; the seed-level metric is {metric}"
+        reason = f"{reason}; {extra}" if reason else extra
+    pooled = PooledItemTest(method=boot.method, p=boot.p, ci95=boot.ci95, reason=reason,
+                            estimate=boot.estimate, resamples=boot.resamples, rng_seed=boot.rng_seed)
+    return ItemLevel(mcnemar=mcnemar, pooled=pooled)
+
+
+def holm(contrasts: Sequence[Contrast]) -> None:
+    """Holm-adjust the paired-t p-values of one family of contrasts, in place (``holm_p``).
+
+    A contrast whose p is undefined still counts in the family size, as p = 1: the family
+    does not shrink (and the correction weaken) because one test could not be computed.
+    """
+    if not contrasts:
+        return
+    raw = [c.paired_t.p if c.paired_t.p is not None else 1.0 for c in contrasts]
+    adjusted = multipletests(raw, method="holm")[1]
+    for contrast, p in zip(contrasts, adjusted, strict=True):
+        contrast.holm_p = float(p) if contrast.paired_t.p is not None else None

@@ -1,0 +1,170 @@
+"""The verdict: which of the seed's three scenarios the data support, or "inconclusive".
+
+Decision rule (E = per_layer vs probe, "compression efficacy"; M = per_layer vs
+per_layer_shuffled, "mechanism"; τ_E = hypothesis.compression_threshold, τ_M =
+hypothesis.mechanism_threshold, α = hypothesis.alpha, d_min = hypothesis.min_effect_size).
+The decision p is the seed-level one-sided paired t-test, Holm-adjusted over {E, M}; the
+95% CI is the t interval of the mean paired difference over seeds.
+
+Each contrast gets one of three outcomes:
+
+* PASS   E: mean diff > τ_E  and  Holm p < α  and  Cohen's d > d_min.
+         M: mean diff > τ_M  and  Holm p < α.
+* FAIL   the data rule out a benefit as large as the threshold: the upper end of the 95% CI
+         of the mean diff is below τ (a one-sided test of H0: diff >= τ at level 0.025).
+         A non-significant p alone is never a FAIL: absence of evidence is not evidence of
+         absence.
+* UNDETERMINED   anything else (including any statistic that is undefined: < 2 seeds, zero
+         variance, a missing variant).
+
+Label:
+
+* ``real_mechanism``      E PASS and M PASS                      (seed scenario 1)
+* ``heterogeneity_only``  E PASS and M FAIL                      (seed scenario 2)
+* ``no_benefit``          E FAIL and M not PASS                  (seed scenario 3)
+* ``inconclusive``        every other combination; the reasons say which criterion is
+                          undetermined and why (e.g. "effect above threshold but
+                          underpowered: k seeds needed", from the noncentral t at the
+                          observed d_z), or that the outcomes fit no scenario (E FAIL, M PASS).
+
+The item-level pooled bootstrap never changes the label. It is reported beside the seed-level
+test, and when the two disagree at α the reasons say so and why (items are not the unit of
+replication: a difference can be far outside item-sampling noise in these runs yet not
+replicate across training seeds, or vice versa).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from gradience.config import HypothesisConfig
+from gradience.results import Contrast, Verdict
+
+
+class Outcome(str, Enum):
+    PASS = "pass"
+    FAIL = "fail"
+    UNDETERMINED = "undetermined"
+
+
+@dataclass(frozen=True)
+class Judgement:
+    outcome: Outcome
+    reason: str
+
+
+def _fmt(x: float | None, signed: bool = True) -> str:
+    if x is None:
+        return "undefined"
+    return f"{x:+.4f}" if signed else f"{x:.4g}"
+
+
+def _ci(c: Contrast) -> str:
+    return "undefined" if c.ci95 is None else f"[{c.ci95[0]:+.4f}, {c.ci95[1]:+.4f}]"
+
+
+def _summary(c: Contrast) -> str:
+    return (f"{c.a} - {c.b} = {_fmt(c.mean_diff)} over {c.n_seeds} seed(s), 95% CI {_ci(c)}, "
+            f"paired t p = {_fmt(c.paired_t.p, False)}, Holm p = {_fmt(c.holm_p, False)}")
+
+
+def _seeds_needed(c: Contrast) -> str:
+    if c.seeds_for_80pct_power is not None:
+        return f"{c.seeds_for_80pct_power} seeds needed for 80% power at the observed d_z = {c.cohens_dz:.2f}"
+    return "seeds needed: undefined"
+
+
+def judge(c: Contrast | None, name: str, threshold: float, alpha: float, min_d: float | None) -> Judgement:
+    """PASS / FAIL / UNDETERMINED for one contrast, with a sentence saying why (see module doc)."""
+    if c is None or c.mean_diff is None:
+        why = "; ".join(c.notes) if c is not None and c.notes else "no paired seeds"
+        return Judgement(Outcome.UNDETERMINED, f"{name} undetermined: {why}")
+    head = f"{name}: {_summary(c)}"
+    if c.ci95 is not None and c.ci95[1] < threshold:
+        return Judgement(Outcome.FAIL, f"{name} FAILS: {_summary(c)}; the CI lies entirely below "
+                         f"the threshold {threshold:g}, so a benefit of that size is ruled out")
+    if c.holm_p is None:
+        reason = c.paired_t.reason or "the Holm-adjusted p is undefined"
+        return Judgement(Outcome.UNDETERMINED, f"{head}; undetermined: {reason}")
+    significant = c.holm_p < alpha
+    above = c.mean_diff > threshold
+    if above and significant:
+        if min_d is None or (c.cohens_d is not None and c.cohens_d > min_d):
+            d_text = "" if min_d is None else f", Cohen's d = {c.cohens_d:.2f} > {min_d:g}"
+            return Judgement(Outcome.PASS, f"{name} PASSES: {_summary(c)}; above the threshold "
+                             f"{threshold:g} and significant at {alpha:g}{d_text}")
+        return Judgement(Outcome.UNDETERMINED, f"{head}; significant and above the threshold, but "
+                         f"Cohen's d = {_fmt(c.cohens_d, False)} is not above {min_d:g}")
+    if above:
+        return Judgement(Outcome.UNDETERMINED, f"{head}; effect above the threshold {threshold:g} but "
+                         f"not significant at {alpha:g}: underpowered, {_seeds_needed(c)}")
+    return Judgement(Outcome.UNDETERMINED, f"{head}; the effect is not above the threshold "
+                     f"{threshold:g}, but the CI still includes it: a benefit of that size is not "
+                     f"ruled out{_threshold_seeds(c)}")
+
+
+def _threshold_seeds(c: Contrast) -> str:
+    n = c.seeds_for_80pct_power_at_threshold
+    return "" if n is None else f" ({n} seeds give 80% power for a true difference at the threshold)"
+
+
+def _item_disagreement(c: Contrast | None, name: str, alpha: float) -> str | None:
+    if c is None or c.holm_p is None or c.item_level.pooled.p is None:
+        return None
+    seed_sig = c.holm_p < alpha
+    item_sig = c.item_level.pooled.p < alpha
+    if seed_sig == item_sig:
+        return None
+    pooled = c.item_level.pooled
+    text = (f"{name}: the item-level pooled bootstrap (p = {pooled.p:.4g}) and the seed-level paired t "
+            f"(Holm p = {c.holm_p:.4g}) disagree at {alpha:g}. ")
+    if item_sig:
+        return text + (f"The difference is larger than the item-sampling noise within these runs, but "
+                       f"with {c.n_seeds} seed(s) it is not shown to replicate across training runs; "
+                       "seeds are the unit of replication, so the seed-level test decides.")
+    return text + ("The shift is consistent across seeds, but small next to the sampling noise of the "
+                   "eval items (and the bootstrap counts item noise twice); the seed-level test decides.")
+
+
+_LABELS = {
+    (Outcome.PASS, Outcome.PASS): "real_mechanism",
+    (Outcome.PASS, Outcome.FAIL): "heterogeneity_only",
+    (Outcome.FAIL, Outcome.FAIL): "no_benefit",
+    (Outcome.FAIL, Outcome.UNDETERMINED): "no_benefit",
+}
+
+_CONCLUSIONS = {
+    "real_mechanism": "Audit-guided placement helps beyond its rank multiset, and per-layer ranks beat the probe.",
+    "heterogeneity_only": "Per-layer ranks beat the probe, but placing the same ranks at random does as well: "
+                          "the audit's placement is not what helps.",
+    "no_benefit": "Per-layer ranks do not beat the probe by the compression threshold on this task/model.",
+}
+
+
+def decide(efficacy: Contrast | None, mechanism: Contrast | None, hypothesis: HypothesisConfig) -> Verdict:
+    """Apply the decision rule of the module docstring to the two primary contrasts."""
+    alpha = hypothesis.alpha
+    e = judge(efficacy, "compression efficacy", hypothesis.compression_threshold, alpha,
+              hypothesis.min_effect_size)
+    m = judge(mechanism, "mechanism", hypothesis.mechanism_threshold, alpha, None)
+    label = _LABELS.get((e.outcome, m.outcome), "inconclusive")
+    if label == "inconclusive":
+        lead = _inconclusive_lead(e.outcome, m.outcome)
+    else:
+        lead = _CONCLUSIONS[label]
+    reasons = [lead, e.reason, m.reason]
+    reasons += [r for r in (_item_disagreement(efficacy, "compression efficacy", alpha),
+                            _item_disagreement(mechanism, "mechanism", alpha)) if r]
+    if mechanism is not None and mechanism.ci95 is not None and mechanism.ci95[1] < 0:
+        reasons.append("per_layer_shuffled beats per_layer (the 95% CI of the difference lies below 0): "
+                       "the audit's placement is worse than random placement.")
+    return Verdict(label=label, reasons=reasons)
+
+
+def _inconclusive_lead(e: Outcome, m: Outcome) -> str:
+    if e is Outcome.FAIL and m is Outcome.PASS:
+        return ("Inconclusive: no seed scenario fits. Placement matters (per_layer beats per_layer_shuffled) "
+                "but per_layer does not beat the probe by the compression threshold.")
+    undetermined = [n for n, o in (("compression efficacy", e), ("mechanism", m)) if o is Outcome.UNDETERMINED]
+    return f"Inconclusive: {' and '.join(undetermined)} cannot be decided from these data."
