@@ -1,1 +1,68 @@
-"""gradience.models"""
+"""Models: load the configured base model and tokenizer, or the embedded CPU default.
+
+``load_model_and_tokenizer(cfg)`` returns ``(model, tokenizer)`` on the configured device and
+dtype, with ``tokenizer.pad_token`` set (padding side is left to the caller: evaluation sets
+left padding). ``model.name`` is a hub id or local path, or one of the embedded names
+(:mod:`gradience.models.embedded`): ``embedded:tiny-mistral`` (pre-trained once, cached)
+and ``embedded:tiny-mistral-random`` (random init, for tests).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from gradience.config import EnvConfig, ExperimentConfig
+from gradience.errors import GradienceError
+
+__all__ = ["load_model_and_tokenizer", "resolve_device", "resolve_dtype"]
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve_device(env: EnvConfig) -> torch.device:
+    """``env.device`` as a torch device; ``auto`` picks CUDA, then MPS, then CPU."""
+    if env.device == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if env.device == "cuda" and not torch.cuda.is_available():
+        raise GradienceError(
+            "CUDA was asked for but torch sees no CUDA device (use 'auto' or 'cpu')",
+            field="env.device",
+        )
+    if env.device == "mps" and not torch.backends.mps.is_available():
+        raise GradienceError(
+            "MPS was asked for but is not available (use 'auto' or 'cpu')", field="env.device"
+        )
+    return torch.device(env.device)
+
+
+def resolve_dtype(env: EnvConfig) -> torch.dtype:
+    """``env.torch_dtype`` as a torch dtype; ``auto`` is bfloat16 on CUDA that supports it,
+    float16 on older CUDA, float32 elsewhere (CPU and MPS train reliably only in float32)."""
+    if env.torch_dtype != "auto":
+        return _DTYPES[env.torch_dtype]
+    device = resolve_device(env)
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.float32
+
+
+def load_model_and_tokenizer(cfg: ExperimentConfig) -> tuple[Any, Any]:
+    """The base model (eval mode, on ``env.device`` unless ``model.device_map``) and its tokenizer."""
+    device, dtype = resolve_device(cfg.env), resolve_dtype(cfg.env)
+    if cfg.env.num_threads is not None:
+        torch.set_num_threads(cfg.env.num_threads)
+    if cfg.model.name.startswith("embedded:"):
+        from gradience.models.embedded import load_embedded
+
+        model, tokenizer = load_embedded(cfg.model.name)
+        model.to(device=device, dtype=dtype)
+        return model, tokenizer
+    from gradience.models.hub import load_hub_model
+
+    return load_hub_model(cfg.model, dtype, device)
