@@ -1,0 +1,151 @@
+"""``audit_adapter``: stream an adapter module by module into a typed AuditResult."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from gradience.audit.adapter import (
+    CONFIG_NAME,
+    LoraModule,
+    discover_modules,
+    open_weights,
+    read_adapter_config,
+)
+from gradience.audit.names import layer_index, module_type
+from gradience.audit.spectrum import lora_singular_values
+from gradience.audit.tensors import TensorSource
+from gradience.errors import GradienceError
+from gradience.ranks.allowed import DEFAULT_ALLOWED_RANKS, normalize_allowed_ranks
+from gradience.ranks.measures import ENERGY_LEVELS, effective_rank, energy_rank, stable_rank
+from gradience.ranks.policies import DEFAULT_POLICIES, parse_policy
+from gradience.ranks.suggest import suggest_module_rank, summarize_ranks
+from gradience.results import AdapterInfo, AuditResult, AuditSummary, ModuleAudit
+
+
+def module_audit(
+    module: LoraModule,
+    singular_values: np.ndarray,
+    policies: Sequence[str],
+    allowed_ranks: Sequence[int],
+    margin: float,
+) -> ModuleAudit:
+    """Metrics and suggested ranks of one module from its (unscaled, descending) spectrum."""
+    sv = np.asarray(singular_values, dtype=np.float64)
+    frobenius = float(np.sqrt(np.dot(sv, sv)))
+    spectral = float(sv[0]) if sv.size else 0.0
+    stable = stable_rank(sv)
+    return ModuleAudit(
+        name=module.name,
+        type=module_type(module.name),
+        layer=layer_index(module.name),
+        r=module.r,
+        alpha=module.alpha,
+        scaling=module.scaling,
+        d_in=module.d_in,
+        d_out=module.d_out,
+        params=module.r * (module.d_in + module.d_out),
+        singular_values=[float(v) for v in sv],
+        frobenius_norm=frobenius,
+        spectral_norm=spectral,
+        stable_rank=stable,
+        effective_rank=effective_rank(sv),
+        utilization=stable / module.r,
+        energy_rank={str(tau): energy_rank(sv, tau) for tau in ENERGY_LEVELS},
+        suggested_rank={
+            p: suggest_module_rank(sv, module.r, p, allowed_ranks, margin) for p in policies
+        },
+        scaled_frobenius_norm=frobenius * module.scaling,
+        scaled_spectral_norm=spectral * module.scaling,
+    )
+
+
+def _finite(array: np.ndarray, source: TensorSource, key: str) -> np.ndarray:
+    if not np.isfinite(array).all():
+        raise GradienceError("tensor contains NaN or infinite values", path=source.path, field=key)
+    return array
+
+
+def module_spectrum(source: TensorSource, module: LoraModule) -> np.ndarray:
+    """Read one module's factors (only this module is in memory) and return its spectrum."""
+    lora_a = _finite(source.read(module.a_key, order="C"), source, module.a_key).reshape(
+        module.r, module.d_in
+    )
+    lora_b = _finite(source.read(module.b_key, order="F"), source, module.b_key)
+    lora_b = lora_b.reshape((module.d_out, module.r), order="F")
+    return lora_singular_values(lora_a, lora_b, overwrite=True)
+
+
+def _progress(modules: list[LoraModule], enabled: bool) -> Iterator[LoraModule]:
+    if not enabled:
+        yield from modules
+        return
+    from tqdm import tqdm
+
+    yield from tqdm(modules, desc="audit", unit="module")
+
+
+def check_policies(policies: Sequence[str]) -> list[str]:
+    """Validated policy names, in order and without repeats (GradienceError on a bad one)."""
+    checked: list[str] = []
+    for name in policies:
+        try:
+            parse_policy(name)
+        except ValueError as exc:
+            raise GradienceError(str(exc), field="policies") from None
+        if name not in checked:
+            checked.append(name)
+    return checked
+
+
+def audit_adapter(
+    adapter_dir: str | Path,
+    policies: Sequence[str] = DEFAULT_POLICIES,
+    allowed_ranks: Sequence[int] | None = None,
+    margin: float = 1.0,
+    allow_pickle: bool = False,
+    progress: bool = False,
+) -> AuditResult:
+    """Audit every LoRA module of a PEFT adapter directory, streaming one module at a time.
+
+    Module names are relative to the base model (``model.layers.3.self_attn.q_proj``), the
+    names PEFT's ``rank_pattern`` matches. Each module gets its spectrum, metrics and the
+    suggested rank of every policy (rounded up to ``allowed_ranks``, default powers of two up
+    to 64, capped at its r, after multiplying by ``margin``). Problems with the directory,
+    config or weights raise GradienceError naming the file and field.
+    """
+    adapter_dir = Path(adapter_dir)
+    if not adapter_dir.is_dir():
+        raise GradienceError("adapter directory not found", path=adapter_dir)
+    policies = check_policies(policies)
+    try:
+        allowed = normalize_allowed_ranks(allowed_ranks or DEFAULT_ALLOWED_RANKS)
+    except ValueError as exc:
+        raise GradienceError(str(exc), field="allowed_ranks") from None
+    if not margin > 0:
+        raise GradienceError(f"must be positive, got {margin}", field="margin")
+    config = read_adapter_config(adapter_dir / CONFIG_NAME)
+    source = open_weights(adapter_dir, allow_pickle)
+    try:
+        modules = discover_modules(source, config, adapter_dir / CONFIG_NAME)
+        audits = [
+            module_audit(m, module_spectrum(source, m), policies, allowed, margin)
+            for m in _progress(modules, progress)
+        ]
+    finally:
+        source.close()
+    summary = AuditSummary(
+        n_modules=len(audits),
+        total_params=sum(m.params for m in audits),
+        policies={p: summarize_ranks([m.suggested_rank[p] for m in audits]) for p in policies},
+    )
+    info = AdapterInfo(
+        path=str(adapter_dir),
+        base_model=config.base_model,
+        r=config.r,
+        lora_alpha=config.lora_alpha,
+        use_rslora=config.use_rslora,
+    )
+    return AuditResult(adapter=info, modules=audits, summary=summary, allowed_ranks=allowed)
