@@ -1,9 +1,75 @@
-"""Sub-commands of this stage (registered by gradience.cli)."""
+"""``gradience mechanism analyze`` and ``gradience mechanism report`` (registered by gradience.cli).
+
+Thin: parse, call gradience.report.files, print. scipy/matplotlib load inside the handlers.
+"""
 
 from __future__ import annotations
 
 import argparse
+import json
+
+from gradience.errors import GradienceError
+
+
+def _contrast(text: str) -> tuple[str, str]:
+    a, sep, b = text.partition(":")
+    if not sep or not a or not b:
+        raise argparse.ArgumentTypeError(f"expected A:B (two variant names), got {text!r}")
+    return a, b
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    """Add this stage's sub-commands to ``commands``."""
+    """Add ``analyze`` and ``report`` to the ``mechanism`` command group."""
+    analyze = commands.add_parser(
+        "analyze",
+        help="statistics, verdict, report.md and figures from a run's aggregated results",
+        description="Seed-level paired t-tests (Holm over per_layer vs probe and per_layer vs "
+        "per_layer_shuffled), Cohen's d and d_z, exact McNemar per seed, a hierarchical "
+        "seeds-then-items bootstrap, seeds needed for the target power, and a verdict. Writes "
+        "mechanism_analysis.json, report.md and PNG figures next to the results (or --output).",
+    )
+    analyze.add_argument("results", help="aggregated_results.json, or the run folder holding it")
+    analyze.add_argument("--output", metavar="DIR", help="write the analysis and report here")
+    analyze.add_argument("--config", metavar="YAML",
+                         help="take the hypothesis settings from this config (default: the run "
+                         "folder's config.yaml if present, else the built-in defaults)")
+    analyze.add_argument("--contrast", metavar="A:B", type=_contrast, action="append", default=[],
+                         help="an extra, exploratory contrast A vs B (repeatable; default: per_layer "
+                         "vs every further control in the results)")
+    analyze.add_argument("--json", action="store_true", help="print mechanism_analysis.json instead of the summary")
+    analyze.add_argument("--no-report", action="store_true", help="write only mechanism_analysis.json")
+    analyze.set_defaults(handler=_analyze)
+
+    report = commands.add_parser(
+        "report",
+        help="re-render report.md and the figures from a folder's mechanism_analysis.json",
+        description="Re-render report.md and the PNG figures in DIR from DIR/mechanism_analysis.json "
+        "and the aggregated results it was computed from (DIR/aggregated_results.json, or the file "
+        "recorded in the analysis).",
+    )
+    report.add_argument("dir", metavar="DIR", help="folder holding mechanism_analysis.json")
+    report.set_defaults(handler=_report)
+
+
+def _analyze(args: argparse.Namespace) -> int:
+    from gradience.report.files import analyze_results
+    from gradience.report.summary import format_summary
+
+    output = analyze_results(args.results, output_dir=args.output, config_path=args.config,
+                             contrasts=args.contrast, report=not args.no_report)
+    if args.json:
+        print(json.dumps(output.analysis.model_dump(mode="json"), indent=2))
+    else:
+        print(format_summary(output.analysis, output.results))
+        print("\nwritten:\n" + "\n".join(f"  {path}" for path in output.written))
+    return 0
+
+
+def _report(args: argparse.Namespace) -> int:
+    from gradience.report.files import rerender
+
+    output = rerender(args.dir)
+    if not output.written:
+        raise GradienceError("nothing was written", path=args.dir)
+    print("written:\n" + "\n".join(f"  {path}" for path in output.written))
+    return 0

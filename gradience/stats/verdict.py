@@ -92,8 +92,12 @@ def judge(c: Contrast | None, name: str, threshold: float, alpha: float, min_d: 
     if above and significant:
         if min_d is None or (c.cohens_d is not None and c.cohens_d > min_d):
             d_text = "" if min_d is None else f", Cohen's d = {c.cohens_d:.2f} > {min_d:g}"
+            one_sided = ""
+            if c.ci95 is not None and c.ci95[0] <= 0:
+                one_sided = (" (the test is one-sided at the Holm level; the two-sided 95% CI reaching "
+                             "0 corresponds to a one-sided 2.5% level)")
             return Judgement(Outcome.PASS, f"{name} PASSES: {_summary(c)}; above the threshold "
-                             f"{threshold:g} and significant at {alpha:g}{d_text}")
+                             f"{threshold:g} and significant at {alpha:g}{d_text}{one_sided}")
         return Judgement(Outcome.UNDETERMINED, f"{head}; significant and above the threshold, but "
                          f"Cohen's d = {_fmt(c.cohens_d, False)} is not above {min_d:g}")
     if above:
