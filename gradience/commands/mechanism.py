@@ -1,9 +1,133 @@
-"""Sub-commands of this stage (registered by gradience.cli)."""
+"""``gradience mechanism run`` and ``gradience mechanism status`` (analyze/report: commands.analysis)."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+from typing import Any
+
+from gradience.errors import GradienceError
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    """Add this stage's sub-commands to ``commands``."""
+    """Add ``run`` and ``status`` to the ``mechanism`` group."""
+    run = commands.add_parser(
+        "run",
+        help="run (or resume) the mechanism test: probe, audit, variants, eval, for every seed",
+        description="Run the controlled experiment of a config: per seed, train and evaluate the "
+        "probe, stop the seed if the probe is below compression.probe_gate, audit the probe, "
+        "then train and evaluate every variant of compression.variants. Rerunning the same "
+        "command skips finished jobs and restarts unfinished ones. Writes RUN/seed_<s>/... and "
+        "RUN/aggregated_results.json. Exit code 1 if any job failed or any seed was gated "
+        "(everything else is still written and aggregated), 2 for a bad config.",
+    )
+    run.add_argument("--config", required=True, help="experiment YAML (see gradience/config.py)")
+    run.add_argument("--output", metavar="DIR", help="run folder (default: env.output_base_dir)")
+    run.add_argument("--seeds", help="comma-separated seeds, e.g. 42,43,44 (default: train.seeds)")
+    run.add_argument("--executor", choices=["local", "ray"], help="default: env.executor")
+    run.add_argument(
+        "--ray-address", metavar="ADDR", help="ray.init(address=ADDR), e.g. 'auto' (default: env.ray_address)"
+    )
+    run.set_defaults(handler=run_command)
+
+    status = commands.add_parser(
+        "status",
+        help="show a run's jobs, their status and failures",
+        description="One row per job of a run folder (done, running with its step and loss, "
+        "failed with its error, pending, gated, skipped), then the results so far.",
+    )
+    status.add_argument("run_dir", metavar="DIR", help="a run folder written by 'mechanism run'")
+    status.set_defaults(handler=status_command)
+
+
+def parse_seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise GradienceError(f"expected comma-separated integers, got {text!r}", field="--seeds") from None
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise GradienceError(f"expected distinct seeds, got {text!r}", field="--seeds")
+    return seeds
+
+
+def configured(args: argparse.Namespace) -> Any:
+    """The config file with the command line's overrides applied (and validated)."""
+    from gradience.config import load_config
+
+    cfg = load_config(args.config).model_copy(deep=True)
+    if args.seeds:
+        cfg.train.seeds = parse_seeds(args.seeds)
+    if args.output:
+        cfg.env.output_base_dir = args.output
+    if args.executor:
+        cfg.env.executor = args.executor
+    if args.ray_address:
+        cfg.env.ray_address = args.ray_address
+    return cfg
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from gradience.experiment import run_mechanism_test
+    from gradience.experiment.plan import job_ids
+    from gradience.experiment.progress import progress_view
+
+    cfg = configured(args)
+    with progress_view(job_ids(cfg)) as view:
+        run = run_mechanism_test(cfg, cfg.env.output_base_dir, sink=view)
+    print_results(run.results)
+    print(f"results: {run.run_dir / 'aggregated_results.json'}")
+    if not run.complete:
+        print(
+            f"incomplete: {len(run.failed)} job(s) failed, {len(run.gated)} seed(s) gated; "
+            f"see 'gradience mechanism status {run.run_dir}'",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def status_command(args: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
+    from gradience.experiment import job_table, load_run
+    from gradience.experiment.aggregate import AGGREGATED_FILE
+    from gradience.io import read_model
+    from gradience.results import AggregatedResults
+
+    ctx = load_run(args.run_dir)
+    table = Table(title=f"jobs in {ctx.run_dir}", show_lines=False)
+    for column in ("job", "status", "attempts", "wall s", "progress", "error"):
+        table.add_column(column, overflow="fold")
+    for row in job_table(ctx):
+        wall = f"{row.wall_time_s:.1f}" if row.wall_time_s is not None else ""
+        error = row.error if row.status not in ("done", "running") else ""
+        table.add_row(row.job, row.status, str(row.attempts or ""), wall, row.progress, error or "")
+    Console().print(table)
+    aggregated = ctx.run_dir / AGGREGATED_FILE
+    if aggregated.is_file():
+        print_results(read_model(aggregated, AggregatedResults))
+    return 0
+
+
+def print_results(results: Any) -> None:  # results: AggregatedResults
+    """Per variant: mean ± sd of the primary metric over seeds, seeds done, mean parameters."""
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=f"{results.primary_metric} over seeds {results.seeds}")
+    for column in ("variant", "mean", "sd", "seeds", "trainable params"):
+        table.add_column(column, justify="left" if column == "variant" else "right")
+    for name, variant in results.variants.items():
+        acc, params = variant.accuracy, variant.trainable_params
+        table.add_row(
+            name,
+            f"{acc.mean:.4f}" if acc.mean is not None else "-",
+            f"{acc.std:.4f}" if acc.std is not None else "-",
+            str(len(acc.values)),
+            f"{params.mean:,.0f}" if params.mean is not None else "-",
+        )
+    console = Console()
+    console.print(table)
+    for failure in results.failures:
+        console.print(f"seed {failure.seed} {failure.variant}: {failure.error}", style="red", markup=False, highlight=False)

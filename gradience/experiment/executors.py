@@ -1,0 +1,167 @@
+"""Executors: run the jobs of :mod:`gradience.experiment.jobs` one by one, or as Ray tasks.
+
+Both run the very same job functions; only the plumbing differs. ``local`` calls them in
+order in this process (the task data is loaded once and shared; events go straight to the
+progress view). ``ray`` submits every job as a task, wiring each seed's DAG with object
+refs (probe -> audit -> variants); Ray decides where and when each runs. The Ray view learns
+about progress from the jobs' ``job.json`` records, so the run folder must be on a file
+system that the workers and the driver share (a single machine, or a cluster's shared disk).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from gradience.experiment import plan
+from gradience.experiment.jobs import EventSink, JobOutcome, audit_job, emit, probe_job, variant_job
+from gradience.experiment.records import JobProgress, JobRecord, read_record
+
+if TYPE_CHECKING:
+    from gradience.tasks import TaskData
+
+#: How often the Ray driver looks at finished tasks and running jobs' records (seconds).
+RAY_POLL_S = 1.0
+
+
+def run_locally(ctx: plan.RunContext, task_data: TaskData, sink: EventSink | None = None) -> dict[str, JobOutcome]:
+    """Every seed in order: probe, gate + audit, each variant. Writes a seed's bench when done."""
+    from gradience.experiment.aggregate import write_seed_bench
+
+    outcomes: dict[str, JobOutcome] = {}
+    for seed in ctx.cfg.train.seeds:
+        probe = probe_job(ctx, seed, task_data, sink)
+        audit = audit_job(ctx, seed, probe, sink)
+        outcomes[probe.job], outcomes[audit.job] = probe, audit
+        for variant in plan.trained_variants(ctx.cfg)[1:]:
+            outcome = variant_job(ctx, seed, variant, audit, task_data, sink)
+            outcomes[outcome.job] = outcome
+        write_seed_bench(ctx, seed)
+    return outcomes
+
+
+def run_on_ray(
+    ctx: plan.RunContext,
+    task_data: TaskData,
+    sink: EventSink | None = None,
+    address: str | None = None,
+) -> dict[str, JobOutcome]:
+    """Submit every job as a Ray task (one GPU each when the cluster has GPUs) and wait for all.
+
+    Uses the Ray instance already initialised in this process if there is one; otherwise
+    ``ray.init(address=address)`` (None starts a local Ray) and shuts it down afterwards.
+    """
+    import ray
+
+    started_here = not ray.is_initialized()
+    if started_here:
+        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+    try:
+        refs = submit_jobs(ctx, task_data)
+        return wait_for_jobs(ctx, refs, sink)
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def job_resources() -> dict[str, Any]:
+    """One GPU per train+eval task when the cluster has any GPU, else one CPU."""
+    import ray
+
+    return {"num_gpus": 1} if ray.cluster_resources().get("GPU", 0) >= 1 else {"num_cpus": 1}
+
+
+def submit_jobs(ctx: plan.RunContext, task_data: TaskData) -> dict[str, Any]:
+    """Every seed's DAG as Ray tasks; dependencies are object refs, nothing else."""
+    import ray
+
+    train_eval = job_resources()
+    probe_task = ray.remote(probe_job).options(**train_eval)
+    audit_task = ray.remote(audit_job).options(num_cpus=1)
+    variant_task = ray.remote(variant_job).options(**train_eval)
+    data_ref = ray.put(task_data)
+    refs: dict[str, Any] = {}
+    for seed in ctx.cfg.train.seeds:
+        probe_ref = probe_task.remote(ctx, seed, data_ref)
+        audit_ref = audit_task.remote(ctx, seed, probe_ref)
+        refs[plan.job_id(seed, plan.PROBE)] = probe_ref
+        refs[plan.job_id(seed, plan.AUDIT)] = audit_ref
+        for variant in plan.trained_variants(ctx.cfg)[1:]:
+            refs[plan.job_id(seed, variant)] = variant_task.remote(ctx, seed, variant, audit_ref, data_ref)
+    return refs
+
+
+def wait_for_jobs(ctx: plan.RunContext, refs: dict[str, Any], sink: EventSink | None) -> dict[str, JobOutcome]:
+    """Collect outcomes as tasks finish; report running jobs' progress from their records."""
+    import ray
+
+    job_of = {ref: job for job, ref in refs.items()}
+    outcomes: dict[str, JobOutcome] = {}
+    watcher = RecordWatcher(ctx, sink)
+    pending = list(refs.values())
+    while pending:
+        ready, pending = ray.wait(pending, num_returns=len(pending), timeout=RAY_POLL_S)
+        for ref in ready:
+            job = job_of[ref]
+            outcomes[job] = task_outcome(job, ref)
+            watcher.finished(outcomes[job])
+        watcher.poll(job for job in refs if job not in outcomes)
+    return {job: outcomes[job] for job in refs}
+
+
+def task_outcome(job: str, ref: Any) -> JobOutcome:
+    """The task's outcome; a task that died (worker crash, lost node) counts as failed."""
+    import ray
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayError as error:
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        return JobOutcome(job, "failed", f"{type(error).__name__}: {message}")
+
+
+class RecordWatcher:
+    """Turns ``job.json`` changes of Ray-run jobs into the events the local executor emits."""
+
+    def __init__(self, ctx: plan.RunContext, sink: EventSink | None):
+        self.ctx = ctx
+        self.sink = sink
+        self.running: set[str] = set()
+        self.last_progress: dict[str, JobProgress | None] = {}
+        # A record as it was before this run started is not news (e.g. a job about to be reused).
+        self.before = {job: self._started_at(job) for job in plan.job_ids(ctx.cfg)}
+
+    def _record(self, job: str) -> JobRecord | None:
+        seed_part, name = job.split("/", 1)
+        return read_record(plan.job_dir(self.ctx.run_dir, int(seed_part.removeprefix("seed_")), name))
+
+    def _started_at(self, job: str) -> str | None:
+        record = self._record(job)
+        return record.started_at if record else None
+
+    def poll(self, jobs: Iterable[str]) -> None:
+        if self.sink is None:
+            return
+        for job in jobs:
+            record = self._record(job)
+            if record is None or record.status != "running" or record.started_at == self.before.get(job):
+                continue
+            if job not in self.running:
+                self.running.add(job)
+                emit(self.sink, job, "started", attempt=record.attempts)
+            if record.progress is not None and record.progress != self.last_progress.get(job):
+                self.last_progress[job] = record.progress
+                emit(self.sink, job, "progress", **record.progress.model_dump())
+
+    def finished(self, outcome: JobOutcome) -> None:
+        self.running.discard(outcome.job)
+        if outcome.status == "gated" and outcome.message:
+            emit(self.sink, outcome.job, "message", text=outcome.message)
+        emit(
+            self.sink,
+            outcome.job,
+            "finished",
+            status=outcome.status,
+            message=outcome.message,
+            exact_match=outcome.exact_match,
+        )

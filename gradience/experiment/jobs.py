@@ -1,0 +1,290 @@
+"""The three kinds of job of a mechanism test, shared by every executor.
+
+Each job takes its upstream job's :class:`JobOutcome` (the local executor passes it directly,
+Ray passes it through an object ref), does its work in its own folder, and returns an
+outcome. A job never raises for a failure of its own: it records the error in its
+``job.json`` and returns ``status="failed"``, so one failure never stops the other jobs.
+Training, evaluation and the audit are imported inside the jobs, so that reading a run
+(``gradience mechanism status``) does not import torch.
+"""
+
+from __future__ import annotations
+
+import math
+import shutil
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
+
+from gradience.experiment import plan
+from gradience.experiment.records import (
+    JobClock,
+    JobProgress,
+    JobRecord,
+    file_digest,
+    read_record,
+)
+from gradience.io import read_model, write_model
+from gradience.results import EvalResult, RankPattern
+
+if TYPE_CHECKING:
+    from gradience.tasks import TaskData
+
+OutcomeStatus = Literal["done", "reused", "failed", "skipped", "gated"]
+EventSink = Callable[["JobEvent"], None]
+
+#: Files a train+eval job writes; removed when its inputs change so no stale result survives.
+TRAIN_EVAL_OUTPUTS = ("train_result.json", "eval.json", "predictions.jsonl")
+ADAPTER_WEIGHTS = Path("adapter") / "adapter_model.safetensors"
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """What a job tells the progress view: started, progress, finished or message."""
+
+    job: str
+    kind: Literal["started", "progress", "finished", "message"]
+    data: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class JobOutcome:
+    """A job's result as seen by the jobs downstream of it and by the executor."""
+
+    job: str
+    status: OutcomeStatus
+    message: str | None = None
+    exact_match: float | None = None
+    output_digest: str | None = None
+    ranks: Mapping[str, Mapping[str, int]] | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.status in ("done", "reused")
+
+
+def emit(sink: EventSink | None, job: str, kind: str, **data: Any) -> None:
+    if sink is not None:
+        sink(JobEvent(job, kind, data))  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- train + eval
+
+
+def probe_job(
+    ctx: plan.RunContext, seed: int, task_data: TaskData, sink: EventSink | None = None
+) -> JobOutcome:
+    """Train and evaluate the uniform ``probe_r`` adapter that the audit will read."""
+    return train_eval_job(ctx, seed, plan.PROBE, None, task_data, sink)
+
+
+def variant_job(
+    ctx: plan.RunContext,
+    seed: int,
+    variant: str,
+    audit: JobOutcome,
+    task_data: TaskData,
+    sink: EventSink | None = None,
+) -> JobOutcome:
+    """Train and evaluate one variant at the ranks the audit job chose for it."""
+    job = plan.job_id(seed, variant)
+    if not audit.ok or audit.ranks is None:
+        outcome = JobOutcome(job, "skipped", f"not run: {audit.job} {audit.status}")
+        emit(sink, job, "finished", status=outcome.status, message=outcome.message)
+        return outcome
+    return train_eval_job(ctx, seed, variant, audit.ranks[variant], task_data, sink)
+
+
+def train_eval_job(
+    ctx: plan.RunContext,
+    seed: int,
+    variant: str,
+    ranks: Mapping[str, int] | None,
+    task_data: TaskData,
+    sink: EventSink | None = None,
+) -> JobOutcome:
+    """Train (unless this job's training already finished) and evaluate; skip if all done."""
+    job = plan.job_id(seed, variant)
+    folder = plan.job_dir(ctx.run_dir, seed, variant)
+    inputs = plan.train_inputs_hash(ctx.cfg, seed, variant, ranks)
+    previous = read_record(folder)
+    if train_eval_finished(previous, inputs, folder):
+        outcome = reused_train_eval(job, folder, previous)
+        emit(sink, job, "finished", status="reused", exact_match=outcome.exact_match)
+        return outcome
+    same_inputs = previous is not None and previous.inputs_hash == inputs
+    if not same_inputs:
+        remove_outputs(folder)
+    fresh = JobRecord(job=job, kind="train_eval", seed=seed, variant=variant, inputs_hash=inputs, status="running")
+    clock = JobClock.start(folder, previous, fresh, keep_phases=same_inputs)
+    emit(sink, job, "started", attempt=clock.record.attempts, phases_done=list(clock.record.phases_done))
+    try:
+        if "train" not in clock.record.phases_done or not (folder / "train_result.json").is_file():
+            train(ctx, seed, variant, ranks, folder, task_data, reporter(clock, sink, "train"))
+            clock.phase_done("train")
+        result = evaluate(ctx, folder, task_data, reporter(clock, sink, "eval"))
+        clock.phase_done("eval")
+        record = clock.finish(output_digest=file_digest(folder / ADAPTER_WEIGHTS))
+    except Exception as error:  # noqa: BLE001 - recorded, shown, and the run goes on
+        record = clock.fail(error)
+        emit(sink, job, "finished", status="failed", message=record.error)
+        return JobOutcome(job, "failed", record.error)
+    emit(sink, job, "finished", status="done", exact_match=result.exact_match)
+    return JobOutcome(job, "done", exact_match=result.exact_match, output_digest=record.output_digest)
+
+
+def train(
+    ctx: plan.RunContext,
+    seed: int,
+    variant: str,
+    ranks: Mapping[str, int] | None,
+    folder: Path,
+    task_data: TaskData,
+    progress: Callable[[dict], None],
+) -> None:
+    from gradience.train import train_variant
+
+    source = None if ranks is None else str(plan.ranks_file(ctx.run_dir, seed, variant))
+    train_variant(
+        ctx.cfg,
+        ranks,
+        seed,
+        folder,
+        variant=variant,
+        task_data=task_data,
+        progress=progress,
+        ranks_source=source,
+    )
+
+
+def evaluate(
+    ctx: plan.RunContext, folder: Path, task_data: TaskData, progress: Callable[[dict], None]
+) -> EvalResult:
+    from gradience.evaluate import evaluate_adapter
+
+    return evaluate_adapter(ctx.cfg, folder / "adapter", folder, task_data=task_data, progress=progress)
+
+
+def reporter(clock: JobClock, sink: EventSink | None, phase: str) -> Callable[[dict], None]:
+    """The progress callback handed to training/evaluation: job.json and the live view."""
+
+    def report(info: dict) -> None:
+        # Training reports {"step", "max_steps", "loss"}; evaluation {"done", "total"} items.
+        loss = info.get("loss")
+        progress = JobProgress(
+            phase=phase,
+            step=info.get("step", info.get("done")),
+            max_steps=info.get("max_steps", info.get("total")),
+            loss=float(loss) if loss is not None and math.isfinite(float(loss)) else None,
+        )
+        clock.progress(progress)
+        emit(sink, clock.record.job, "progress", **progress.model_dump())
+
+    return report
+
+
+def train_eval_finished(record: JobRecord | None, inputs: str, folder: Path) -> bool:
+    """Done with these very inputs, and every output still on disk."""
+    return (
+        record is not None
+        and record.status == "done"
+        and record.inputs_hash == inputs
+        and all((folder / name).is_file() for name in TRAIN_EVAL_OUTPUTS)
+        and (folder / ADAPTER_WEIGHTS).is_file()
+    )
+
+
+def reused_train_eval(job: str, folder: Path, record: JobRecord) -> JobOutcome:
+    result = read_model(folder / "eval.json", EvalResult)
+    return JobOutcome(job, "reused", exact_match=result.exact_match, output_digest=record.output_digest)
+
+
+def remove_outputs(folder: Path) -> None:
+    """Remove a job's results from other inputs (checkpoints are checked by training itself)."""
+    for name in TRAIN_EVAL_OUTPUTS:
+        (folder / name).unlink(missing_ok=True)
+    shutil.rmtree(folder / "adapter", ignore_errors=True)
+
+
+# ---------------------------------------------------------------- gate, audit, ranks
+
+
+def audit_job(ctx: plan.RunContext, seed: int, probe: JobOutcome, sink: EventSink | None = None) -> JobOutcome:
+    """Probe gate, then audit the probe adapter and write every variant's rank pattern."""
+    job = plan.job_id(seed, plan.AUDIT)
+    if not probe.ok:
+        outcome = JobOutcome(job, "skipped", f"not run: {probe.job} {probe.status}")
+        emit(sink, job, "finished", status=outcome.status, message=outcome.message)
+        return outcome
+    gate = gate_message(ctx, seed, probe.exact_match)
+    if gate is not None:
+        emit(sink, job, "message", text=gate)
+        emit(sink, job, "finished", status="gated", message=gate)
+        return JobOutcome(job, "gated", gate)
+    folder = plan.job_dir(ctx.run_dir, seed, plan.AUDIT)
+    inputs = plan.audit_inputs_hash(ctx.cfg, seed, probe.output_digest)
+    previous = read_record(folder)
+    variants = plan.trained_variants(ctx.cfg)
+    if audit_finished(previous, inputs, ctx, seed, variants):
+        ranks = {v: read_model(plan.ranks_file(ctx.run_dir, seed, v), RankPattern).ranks for v in variants}
+        emit(sink, job, "finished", status="reused")
+        return JobOutcome(job, "reused", ranks=ranks)
+    fresh = JobRecord(job=job, kind="audit", seed=seed, inputs_hash=inputs, status="running")
+    clock = JobClock.start(folder, previous, fresh, keep_phases=False)
+    emit(sink, job, "started", attempt=clock.record.attempts)
+    try:
+        patterns = audit_and_rank(ctx, seed)
+        clock.finish()
+    except Exception as error:  # noqa: BLE001 - recorded, shown, and the run goes on
+        record = clock.fail(error)
+        emit(sink, job, "finished", status="failed", message=record.error)
+        return JobOutcome(job, "failed", record.error)
+    emit(sink, job, "finished", status="done")
+    return JobOutcome(job, "done", ranks={v: patterns[v].ranks for v in variants})
+
+
+def gate_message(ctx: plan.RunContext, seed: int, exact_match: float | None) -> str | None:
+    """Why this seed stops after its probe, or None if the probe passes the gate."""
+    gate = ctx.cfg.compression.probe_gate
+    if exact_match is None or exact_match >= gate:
+        return None
+    return (
+        f"seed {seed}: probe exact_match {exact_match:.3f} is below compression.probe_gate "
+        f"{gate:.3f}; its variants are not trained (see the loss curve in "
+        f"{plan.job_id(seed, plan.PROBE)}/train_result.json)"
+    )
+
+
+def audit_and_rank(ctx: plan.RunContext, seed: int) -> dict[str, RankPattern]:
+    """Audit the probe adapter (written to probe/audit.json), then one rank pattern per variant."""
+    from gradience.audit import audit_adapter
+    from gradience.experiment.variants import rank_patterns
+
+    c = ctx.cfg.compression
+    adapter_dir = plan.job_dir(ctx.run_dir, seed, plan.PROBE) / "adapter"
+    audit = audit_adapter(adapter_dir, policies=audit_policies(c.policy), allowed_ranks=c.allowed_ranks, margin=c.margin)
+    write_model(plan.audit_file(ctx.run_dir, seed), audit)
+    patterns = rank_patterns(audit, ctx.cfg, seed)
+    for variant, pattern in patterns.items():
+        write_model(plan.ranks_file(ctx.run_dir, seed, variant), pattern)
+    return patterns
+
+
+def audit_policies(policy: str) -> tuple[str, ...]:
+    """The audit's default policies plus the configured one (so audit.json shows them all)."""
+    from gradience.ranks import DEFAULT_POLICIES
+
+    return tuple(dict.fromkeys([*DEFAULT_POLICIES, policy]))
+
+
+def audit_finished(
+    record: JobRecord | None, inputs: str, ctx: plan.RunContext, seed: int, variants: list[str]
+) -> bool:
+    return (
+        record is not None
+        and record.status == "done"
+        and record.inputs_hash == inputs
+        and plan.audit_file(ctx.run_dir, seed).is_file()
+        and all(plan.ranks_file(ctx.run_dir, seed, v).is_file() for v in variants)
+    )

@@ -1,0 +1,84 @@
+"""The mechanism test, top to bottom: the function the CLI and the run script call.
+
+    config -> run folder (config.yaml) -> task data (once) -> jobs (local or Ray)
+           -> seed_<s>/bench.json -> aggregated_results.json
+
+Per seed the jobs are: train+eval the probe; the probe gate; audit the probe and build every
+variant's rank pattern; train+eval each variant (see :mod:`gradience.experiment.plan`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
+
+from gradience.config import ExperimentConfig
+from gradience.experiment import plan
+from gradience.experiment.aggregate import write_results
+from gradience.experiment.executors import run_locally, run_on_ray
+from gradience.experiment.jobs import EventSink, JobOutcome
+from gradience.io import write_text_atomic
+from gradience.results import AggregatedResults
+
+CONFIG_FILE = "config.yaml"
+
+
+@dataclass(frozen=True)
+class MechanismRun:
+    """What a run produced: its folder, the aggregated results and every job's outcome."""
+
+    run_dir: Path
+    results: AggregatedResults
+    outcomes: dict[str, JobOutcome]
+
+    @property
+    def failed(self) -> list[JobOutcome]:
+        return [o for o in self.outcomes.values() if o.status == "failed"]
+
+    @property
+    def gated(self) -> list[JobOutcome]:
+        return [o for o in self.outcomes.values() if o.status == "gated"]
+
+    @property
+    def complete(self) -> bool:
+        """Every job of every seed finished (no failure, no gated seed)."""
+        return all(o.ok for o in self.outcomes.values())
+
+
+def run_mechanism_test(
+    cfg: ExperimentConfig,
+    output_dir: str | Path | None = None,
+    *,
+    executor: str | None = None,
+    ray_address: str | None = None,
+    sink: EventSink | None = None,
+) -> MechanismRun:
+    """Run (or resume) the whole experiment and aggregate it; never raises for a failed job.
+
+    ``output_dir`` defaults to ``env.output_base_dir``, ``executor`` to ``env.executor`` and
+    ``ray_address`` to ``env.ray_address``. Finished jobs whose inputs are unchanged are
+    reused; failures are recorded in the benches and in ``aggregated_results.json``.
+    """
+    ctx = plan.RunContext(cfg, Path(output_dir or cfg.env.output_base_dir).resolve())
+    save_config(ctx)
+    task_data = load_task_data(cfg)
+    if (executor or cfg.env.executor) == "ray":
+        outcomes = run_on_ray(ctx, task_data, sink, ray_address or cfg.env.ray_address)
+    else:
+        outcomes = run_locally(ctx, task_data, sink)
+    return MechanismRun(ctx.run_dir, write_results(ctx), outcomes)
+
+
+def save_config(ctx: plan.RunContext) -> Path:
+    """The validated config (defaults and command-line overrides included) as RUN/config.yaml."""
+    text = yaml.safe_dump(ctx.cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+    return write_text_atomic(ctx.run_dir / CONFIG_FILE, text)
+
+
+def load_task_data(cfg: ExperimentConfig):  # -> gradience.tasks.TaskData
+    """The task's train items and fixed eval subset, loaded once for every job of the run."""
+    from gradience.tasks import load_task
+
+    return load_task(cfg.task)

@@ -1,0 +1,120 @@
+"""The shape of a mechanism-test run: which variants, which jobs, where they write.
+
+Per seed the jobs form a small DAG::
+
+    seed_<s>/probe   train + eval the uniform probe_r adapter
+        -> seed_<s>/audit   probe gate, audit the probe adapter, rank patterns for every variant
+            -> seed_<s>/<variant>   train + eval, one job per variant (independent of each other)
+
+Layout under the run folder::
+
+    config.yaml                       the validated config the run used
+    aggregated_results.json
+    seed_<s>/bench.json
+    seed_<s>/probe/{job.json, adapter/, train_result.json, eval.json, predictions.jsonl, audit.json}
+    seed_<s>/ranks/{job.json, <variant>.json}      (the audit job's folder)
+    seed_<s>/<variant>/{job.json, adapter/, train_result.json, eval.json, predictions.jsonl}
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from gradience.config import ExperimentConfig, hash_data
+
+PROBE = "probe"
+AUDIT = "audit"
+RANKS_DIR = "ranks"
+SHUFFLED_K = "per_layer_shuffled_k"
+
+
+def trained_variants(cfg: ExperimentConfig) -> list[str]:
+    """The variants this config trains, probe first; ``per_layer_shuffled_k`` expands to k names."""
+    names = [PROBE]
+    for variant in cfg.compression.variants:
+        if variant == PROBE:
+            continue
+        if variant == SHUFFLED_K:
+            names += [f"{SHUFFLED_K}{i}" for i in range(cfg.compression.shuffle_k)]
+        else:
+            names.append(variant)
+    return names
+
+
+def seed_dir(run_dir: Path, seed: int) -> Path:
+    return run_dir / f"seed_{seed}"
+
+
+def job_id(seed: int, name: str) -> str:
+    """'seed_42/probe', 'seed_42/audit', 'seed_42/per_layer', ..."""
+    return f"seed_{seed}/{name}"
+
+
+def job_dir(run_dir: Path, seed: int, name: str) -> Path:
+    """The folder a job writes into (the audit job writes ranks/ and probe/audit.json)."""
+    return seed_dir(run_dir, seed) / (RANKS_DIR if name == AUDIT else name)
+
+
+def ranks_file(run_dir: Path, seed: int, variant: str) -> Path:
+    return seed_dir(run_dir, seed) / RANKS_DIR / f"{variant}.json"
+
+
+def audit_file(run_dir: Path, seed: int) -> Path:
+    return seed_dir(run_dir, seed) / PROBE / "audit.json"
+
+
+def job_ids(cfg: ExperimentConfig) -> list[str]:
+    """Every job of the run, in the order the local executor runs them."""
+    ids = []
+    for seed in cfg.train.seeds:
+        variants = trained_variants(cfg)
+        ids += [job_id(seed, PROBE), job_id(seed, AUDIT)]
+        ids += [job_id(seed, v) for v in variants[1:]]
+    return ids
+
+
+def experiment_hash(cfg: ExperimentConfig) -> str:
+    """Identity of the run's *results*: everything that changes an adapter, an eval or a rank.
+
+    Where and how the run executes (output folder, executor, Ray address, threads) and the
+    analysis settings are left out, so a local and a Ray run of one experiment share a hash.
+    """
+    data = cfg.model_dump(mode="json", include={"model", "task", "train", "lora", "compression"})
+    data["env"] = {"device": cfg.env.device, "torch_dtype": cfg.env.torch_dtype}
+    return hash_data(data)
+
+
+def train_inputs_hash(
+    cfg: ExperimentConfig, seed: int, variant: str, ranks: Mapping[str, int] | None
+) -> str:
+    """A train+eval job's inputs: training config, seed, variant and ranks (None = probe)."""
+    return hash_data(
+        {
+            "training": cfg.training_hash(),
+            "seed": seed,
+            "variant": variant,
+            "ranks": dict(ranks) if ranks is not None else None,
+        }
+    )
+
+
+def audit_inputs_hash(cfg: ExperimentConfig, seed: int, probe_digest: str | None) -> str:
+    """The audit job's inputs: the probe adapter's bytes and every setting that shapes a rank."""
+    return hash_data(
+        {
+            "seed": seed,
+            "probe_adapter": probe_digest,
+            "probe_r": cfg.lora.probe_r,
+            "compression": cfg.compression.model_dump(mode="json", exclude={"probe_gate"}),
+        }
+    )
+
+
+@dataclass(frozen=True)
+class RunContext:
+    """What every job needs; picklable, so Ray can ship it to a worker."""
+
+    cfg: ExperimentConfig
+    run_dir: Path

@@ -1,0 +1,167 @@
+"""Job records (``job.json``): what makes the run resumable.
+
+Every job folder holds one ``job.json``: the hash of the job's inputs, its status, timings
+and error. A job whose record says ``done`` with the same inputs hash (and whose outputs are
+still there) is skipped on rerun; anything else runs again. A record left ``running`` by a
+killed process is simply unfinished: the next run restarts the job, resuming training from
+its last Trainer checkpoint when the config allows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+import traceback
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from gradience.errors import GradienceError
+from gradience.io import read_model, write_model
+from gradience.results import SCHEMA_VERSION
+
+JOB_FILE = "job.json"
+
+RecordStatus = Literal["running", "done", "failed"]
+
+
+class JobProgress(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    phase: str = Field(description="'train' or 'eval'.")
+    step: int | None = None
+    max_steps: int | None = None
+    loss: float | None = None
+
+
+class JobRecord(BaseModel):
+    """The state of one job, rewritten atomically at every change."""
+
+    model_config = ConfigDict(extra="allow")
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    job: str = Field(description="Job id: 'seed_42/probe', 'seed_42/audit', ...")
+    kind: Literal["train_eval", "audit"]
+    seed: int
+    variant: str | None = None
+    inputs_hash: str = Field(description="Hash of everything the job's outputs depend on.")
+    status: RecordStatus
+    attempts: int = Field(0, description="How many times the job has been started.")
+    phases_done: list[str] = Field(
+        default_factory=list, description="Finished phases of this attempt's inputs ('train', 'eval')."
+    )
+    started_at: str | None = None
+    finished_at: str | None = None
+    wall_time_s: float | None = Field(None, description="Wall time of the attempt that finished it.")
+    error: str | None = None
+    traceback: str | None = Field(None, description="Full traceback of the failure, for debugging.")
+    progress: JobProgress | None = None
+    output_digest: str | None = Field(
+        None, description="sha256 of the job's main output (the adapter weights), for downstream hashes."
+    )
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def read_record(folder: Path) -> JobRecord | None:
+    """The folder's record, or None if there is none or it cannot be read (= never finished)."""
+    path = folder / JOB_FILE
+    if not path.is_file():
+        return None
+    try:
+        return read_model(path, JobRecord)
+    except GradienceError:
+        return None
+
+
+def write_record(folder: Path, record: JobRecord) -> None:
+    write_model(folder / JOB_FILE, record)
+
+
+def file_digest(path: Path) -> str:
+    """sha256 of a file, streamed (adapters of 7B models are hundreds of MB)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class JobClock:
+    """Start and finish a record: attempts, timestamps and wall time in one place."""
+
+    def __init__(self, folder: Path, record: JobRecord):
+        self.folder = folder
+        self.record = record
+        self._start = time.perf_counter()
+        self._last_progress_write = 0.0
+
+    @classmethod
+    def start(
+        cls, folder: Path, previous: JobRecord | None, fresh: JobRecord, *, keep_phases: bool
+    ) -> JobClock:
+        """Mark the job running; ``keep_phases`` carries finished phases over (same inputs)."""
+        record = fresh.model_copy(
+            update={
+                "status": "running",
+                "attempts": (previous.attempts if previous else 0) + 1,
+                "phases_done": list(previous.phases_done) if (previous and keep_phases) else [],
+                "started_at": utc_now(),
+                "finished_at": None,
+                "error": None,
+                "traceback": None,
+                "progress": None,
+            }
+        )
+        write_record(folder, record)
+        return cls(folder, record)
+
+    def phase_done(self, phase: str) -> None:
+        if phase not in self.record.phases_done:
+            self.record.phases_done.append(phase)
+        write_record(self.folder, self.record)
+
+    def progress(self, progress: JobProgress, *, min_interval_s: float = 1.0) -> None:
+        """Record progress for `mechanism status` and the Ray view, at most once per interval."""
+        self.record.progress = progress
+        now = time.perf_counter()
+        if now - self._last_progress_write >= min_interval_s:
+            self._last_progress_write = now
+            write_record(self.folder, self.record)
+
+    def finish(self, *, output_digest: str | None = None) -> JobRecord:
+        self.record = self.record.model_copy(
+            update={
+                "status": "done",
+                "finished_at": utc_now(),
+                "wall_time_s": round(time.perf_counter() - self._start, 3),
+                "output_digest": output_digest,
+            }
+        )
+        write_record(self.folder, self.record)
+        return self.record
+
+    def fail(self, error: BaseException) -> JobRecord:
+        self.record = self.record.model_copy(
+            update={
+                "status": "failed",
+                "finished_at": utc_now(),
+                "wall_time_s": round(time.perf_counter() - self._start, 3),
+                "error": describe_error(error),
+                "traceback": "".join(traceback.format_exception(error)),
+            }
+        )
+        write_record(self.folder, self.record)
+        return self.record
+
+
+def describe_error(error: BaseException) -> str:
+    """One line: the exception type (unless a GradienceError) and its message."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    if isinstance(error, GradienceError):
+        return text
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__

@@ -1,0 +1,133 @@
+"""Control rank patterns built from an audit-guided ``per_layer`` pattern (pure, no I/O).
+
+The mechanism test asks whether *where* the audit puts rank matters. Each control keeps one
+property of ``per_layer`` and destroys another:
+
+- ``shuffled_pattern``: the same rank multiset at random places (the seed's rule, exactly).
+  Modules differ in shape, so the parameter count changes.
+- ``shuffled_within_type``: ranks permuted only among modules of one type (all ``q_proj``
+  together, ...): the same parameter count when a type's modules share one shape, as in every
+  transformer stack; placement across layers is random.
+- ``shuffled_k``: ``k`` independent shuffles, a null distribution of placements.
+- ``uniform_matched`` / ``uniform_median`` / ``uniform_p90``: no heterogeneity at all, at a
+  matched parameter budget or at a summary of the per_layer ranks.
+
+Every function returns a new ``{module: rank}`` dict in the input pattern's module order.
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Mapping, Sequence
+
+from gradience.ranks import lora_params, nearest_rank_percentile
+
+#: Offset the seed's rule adds to the run seed (``random.Random(seed + 10000)``).
+SHUFFLE_SEED_OFFSET = 10000
+
+
+def shuffled_pattern(pattern: Mapping[str, int], seed: int) -> dict[str, int]:
+    """The seed's shuffled control, exactly.
+
+    ``ranks = list(pattern.values())`` in the pattern's module order,
+    ``random.Random(seed + 10000).shuffle(ranks)``, zipped back onto the same module names.
+    """
+    ranks = list(pattern.values())
+    random.Random(seed + SHUFFLE_SEED_OFFSET).shuffle(ranks)
+    return dict(zip(pattern.keys(), ranks, strict=True))
+
+
+def shuffled_within_type(
+    pattern: Mapping[str, int], module_types: Mapping[str, str], seed: int
+) -> dict[str, int]:
+    """Permute ranks only among modules of the same type (parameter-matched shuffle).
+
+    RNG rule: one ``random.Random(seed + 10000)`` (the seed rule's generator); for each module
+    type in the order it first appears in ``pattern``, the ranks of that type's modules (in
+    pattern order) are shuffled with it and assigned back to those modules in pattern order.
+    """
+    missing = [name for name in pattern if name not in module_types]
+    if missing:
+        raise ValueError(f"no module type given for {missing[:3]}")
+    rng = random.Random(seed + SHUFFLE_SEED_OFFSET)
+    by_type: dict[str, list[str]] = {}
+    for name in pattern:
+        by_type.setdefault(module_types[name], []).append(name)
+    shuffled: dict[str, int] = {}
+    for names in by_type.values():
+        ranks = [pattern[name] for name in names]
+        rng.shuffle(ranks)
+        shuffled.update(zip(names, ranks, strict=True))
+    return {name: shuffled[name] for name in pattern}
+
+
+def shuffled_k_seed(seed: int, index: int) -> str:
+    """Seed of the ``index``-th of the k independent shuffles: ``"per_layer_shuffled_k:{seed}:{index}"``.
+
+    A string seed (hashed by ``random.Random`` with SHA-512) keeps these draws independent of
+    the main ``seed + 10000`` shuffle and of each other for any run seed.
+    """
+    return f"per_layer_shuffled_k:{seed}:{index}"
+
+
+def shuffled_k(pattern: Mapping[str, int], seed: int, k: int) -> dict[str, dict[str, int]]:
+    """``k`` independent shuffles of ``pattern``, named ``per_layer_shuffled_k0`` ... ``k{k-1}``.
+
+    Shuffle ``i`` is ``random.Random(shuffled_k_seed(seed, i)).shuffle`` applied to the ranks in
+    pattern order, then zipped back onto the module names (the seed's rule with another seed).
+    """
+    if k <= 0:
+        raise ValueError(f"k must be positive, got {k}")
+    shuffles: dict[str, dict[str, int]] = {}
+    for index in range(k):
+        ranks = list(pattern.values())
+        random.Random(shuffled_k_seed(seed, index)).shuffle(ranks)
+        shuffles[f"per_layer_shuffled_k{index}"] = dict(zip(pattern.keys(), ranks, strict=True))
+    return shuffles
+
+
+def uniform(pattern: Mapping[str, int], rank: int) -> dict[str, int]:
+    """Every module of ``pattern`` at one rank."""
+    return {name: rank for name in pattern}
+
+
+def uniform_matched(
+    pattern: Mapping[str, int],
+    shapes: Mapping[str, tuple[int, int]],
+    allowed_ranks: Sequence[int],
+) -> dict[str, int]:
+    """One uniform rank whose LoRA parameter count is closest to ``pattern``'s.
+
+    Candidates are ``allowed_ranks`` no larger than the pattern's largest rank (the probe
+    cap). Ties (two ranks equally far from the target) go to the smaller rank: the control
+    should never get more capacity than the pattern it is matched to by a tie.
+    """
+    if not pattern:
+        raise ValueError("empty rank pattern")
+    cap = max(pattern.values())
+    candidates = sorted(r for r in set(allowed_ranks) if r <= cap) or [cap]
+    target = lora_params(pattern, shapes)
+    best = min(candidates, key=lambda r: (abs(lora_params(uniform(pattern, r), shapes) - target), r))
+    return uniform(pattern, best)
+
+
+def uniform_median(pattern: Mapping[str, int]) -> dict[str, int]:
+    """Every module at the median per_layer rank.
+
+    The nearest-rank median of the audit summaries (:func:`gradience.ranks.nearest_rank_percentile`):
+    always one of the pattern's ranks, the lower middle one for an even count.
+    """
+    return uniform(pattern, nearest_rank_percentile(list(pattern.values()), 50))
+
+
+def uniform_p90(pattern: Mapping[str, int]) -> dict[str, int]:
+    """Every module at the 90th-percentile per_layer rank (nearest-rank, as the audit's p90)."""
+    return uniform(pattern, nearest_rank_percentile(list(pattern.values()), 90))
+
+
+def rank_histogram(pattern: Mapping[str, int]) -> dict[str, int]:
+    """``{"rank": number of modules}``, ranks ascending (keys are strings for JSON)."""
+    counts: dict[int, int] = {}
+    for rank in pattern.values():
+        counts[rank] = counts.get(rank, 0) + 1
+    return {str(rank): counts[rank] for rank in sorted(counts)}
