@@ -23,7 +23,9 @@ Two views of the per-item 0/1 correctness:
   resampled seed adds item noise a second time (conservative about item noise). It answers
   "is the difference larger than the sampling noise of these items in these runs?", not "does
   it replicate over training runs?" -- that is the seed-level paired t-test's job, and the
-  verdict is decided by it.
+  verdict is decided by it. In simulations (400 items, null true) its false-positive rate at
+  a nominal 0.05 was about 0.03 at 3 and 10 seeds when item noise dominated (training-noise sd
+  0.01), but 0.08 at 3 seeds (0.03 at 10) when training noise dominated (sd 0.04).
 """
 
 from __future__ import annotations
