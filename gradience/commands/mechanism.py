@@ -26,7 +26,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--seeds", help="comma-separated seeds, e.g. 42,43,44 (default: train.seeds)")
     run.add_argument("--executor", choices=["local", "ray"], help="default: env.executor")
     run.add_argument(
-        "--ray-address", metavar="ADDR", help="ray.init(address=ADDR), e.g. 'auto' (default: env.ray_address)"
+        "--ray-address",
+        metavar="ADDR",
+        help="ray.init(address=ADDR), e.g. 'auto' (default: env.ray_address)",
     )
     run.set_defaults(handler=run_command)
 
@@ -44,7 +46,9 @@ def parse_seeds(text: str) -> list[int]:
     try:
         seeds = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise GradienceError(f"expected comma-separated integers, got {text!r}", field="--seeds") from None
+        raise GradienceError(
+            f"expected comma-separated integers, got {text!r}", field="--seeds"
+        ) from None
     if not seeds or len(set(seeds)) != len(seeds):
         raise GradienceError(f"expected distinct seeds, got {text!r}", field="--seeds")
     return seeds
@@ -86,8 +90,14 @@ def run_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def status_command(args: argparse.Namespace) -> int:
+def console() -> Any:
+    """A rich console on stdout; piped output gets a wide fixed width so rows are not folded."""
     from rich.console import Console
+
+    return Console() if sys.stdout.isatty() else Console(width=200)
+
+
+def status_command(args: argparse.Namespace) -> int:
     from rich.table import Table
 
     from gradience.experiment import job_table, load_run
@@ -103,7 +113,7 @@ def status_command(args: argparse.Namespace) -> int:
         wall = f"{row.wall_time_s:.1f}" if row.wall_time_s is not None else ""
         error = row.error if row.status not in ("done", "running") else ""
         table.add_row(row.job, row.status, str(row.attempts or ""), wall, row.progress, error or "")
-    Console().print(table)
+    console().print(table)
     aggregated = ctx.run_dir / AGGREGATED_FILE
     if aggregated.is_file():
         print_results(read_model(aggregated, AggregatedResults))
@@ -112,7 +122,6 @@ def status_command(args: argparse.Namespace) -> int:
 
 def print_results(results: Any) -> None:  # results: AggregatedResults
     """Per variant: mean ± sd of the primary metric over seeds, seeds done, mean parameters."""
-    from rich.console import Console
     from rich.table import Table
 
     table = Table(title=f"{results.primary_metric} over seeds {results.seeds}")
@@ -127,7 +136,12 @@ def print_results(results: Any) -> None:  # results: AggregatedResults
             str(len(acc.values)),
             f"{params.mean:,.0f}" if params.mean is not None else "-",
         )
-    console = Console()
-    console.print(table)
+    out = console()
+    out.print(table)
     for failure in results.failures:
-        console.print(f"seed {failure.seed} {failure.variant}: {failure.error}", style="red", markup=False, highlight=False)
+        out.print(
+            f"seed {failure.seed} {failure.variant}: {failure.error}",
+            style="red",
+            markup=False,
+            highlight=False,
+        )

@@ -11,4 +11,12 @@ from gradience.experiment.jobs import JobEvent, JobOutcome
 from gradience.experiment.pipeline import MechanismRun, run_mechanism_test
 from gradience.experiment.status import JobRow, job_table, load_run
 
-__all__ = ["JobEvent", "JobOutcome", "JobRow", "MechanismRun", "job_table", "load_run", "run_mechanism_test"]
+__all__ = [
+    "JobEvent",
+    "JobOutcome",
+    "JobRow",
+    "MechanismRun",
+    "job_table",
+    "load_run",
+    "run_mechanism_test",
+]

@@ -124,7 +124,9 @@ def seed_bench(ctx: plan.RunContext, seed: int) -> SeedBench:
     states, stop = seed_states(ctx, seed)
     metric = ctx.cfg.hypothesis.primary_metric
     probe_score = score(states[plan.PROBE], metric)
-    summaries = {name: variant_summary(state, metric, probe_score) for name, state in states.items()}
+    summaries = {
+        name: variant_summary(state, metric, probe_score) for name, state in states.items()
+    }
     return SeedBench(
         seed=seed,
         config_hash=plan.experiment_hash(ctx.cfg),
@@ -135,7 +137,9 @@ def seed_bench(ctx: plan.RunContext, seed: int) -> SeedBench:
     )
 
 
-def variant_summary(state: VariantState, metric: str, probe_score: float | None) -> SeedVariantSummary:
+def variant_summary(
+    state: VariantState, metric: str, probe_score: float | None
+) -> SeedVariantSummary:
     own = score(state, metric)
     return SeedVariantSummary(
         status=state.status,
@@ -194,7 +198,9 @@ def aggregate(ctx: plan.RunContext) -> AggregatedResults:
         gated = any(state.status == "gated" for state in states.values())
         for variant, state in states.items():
             if state.status != "done" or gated:
-                failures.append(Failure(seed=seed, variant=variant, error=state.error or f"excluded: {stop}"))
+                failures.append(
+                    Failure(seed=seed, variant=variant, error=state.error or f"excluded: {stop}")
+                )
                 continue
             assert state.eval is not None
             item_ids = item_ids if item_ids is not None else list(state.eval.item_ids)
@@ -239,7 +245,9 @@ def item_correct(path: Path, item_ids: list[str]) -> list[int]:
             try:
                 prediction = Prediction.model_validate(json.loads(line))
             except ValueError as error:
-                raise GradienceError(f"line {line_no} is not a prediction record: {error}", path=path) from None
+                raise GradienceError(
+                    f"line {line_no} is not a prediction record: {error}", path=path
+                ) from None
             correct[prediction.id] = prediction.correct
     missing = [item for item in item_ids if item not in correct]
     if missing:

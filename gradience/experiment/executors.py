@@ -24,7 +24,9 @@ if TYPE_CHECKING:
 RAY_POLL_S = 1.0
 
 
-def run_locally(ctx: plan.RunContext, task_data: TaskData, sink: EventSink | None = None) -> dict[str, JobOutcome]:
+def run_locally(
+    ctx: plan.RunContext, task_data: TaskData, sink: EventSink | None = None
+) -> dict[str, JobOutcome]:
     """Every seed in order: probe, gate + audit, each variant. Writes a seed's bench when done."""
     from gradience.experiment.aggregate import write_seed_bench
 
@@ -87,11 +89,15 @@ def submit_jobs(ctx: plan.RunContext, task_data: TaskData) -> dict[str, Any]:
         refs[plan.job_id(seed, plan.PROBE)] = probe_ref
         refs[plan.job_id(seed, plan.AUDIT)] = audit_ref
         for variant in plan.trained_variants(ctx.cfg)[1:]:
-            refs[plan.job_id(seed, variant)] = variant_task.remote(ctx, seed, variant, audit_ref, data_ref)
+            refs[plan.job_id(seed, variant)] = variant_task.remote(
+                ctx, seed, variant, audit_ref, data_ref
+            )
     return refs
 
 
-def wait_for_jobs(ctx: plan.RunContext, refs: dict[str, Any], sink: EventSink | None) -> dict[str, JobOutcome]:
+def wait_for_jobs(
+    ctx: plan.RunContext, refs: dict[str, Any], sink: EventSink | None
+) -> dict[str, JobOutcome]:
     """Collect outcomes as tasks finish; report running jobs' progress from their records."""
     import ray
 
@@ -133,7 +139,9 @@ class RecordWatcher:
 
     def _record(self, job: str) -> JobRecord | None:
         seed_part, name = job.split("/", 1)
-        return read_record(plan.job_dir(self.ctx.run_dir, int(seed_part.removeprefix("seed_")), name))
+        return read_record(
+            plan.job_dir(self.ctx.run_dir, int(seed_part.removeprefix("seed_")), name)
+        )
 
     def _started_at(self, job: str) -> str | None:
         record = self._record(job)
@@ -144,7 +152,11 @@ class RecordWatcher:
             return
         for job in jobs:
             record = self._record(job)
-            if record is None or record.status != "running" or record.started_at == self.before.get(job):
+            if (
+                record is None
+                or record.status != "running"
+                or record.started_at == self.before.get(job)
+            ):
                 continue
             if job not in self.running:
                 self.running.add(job)

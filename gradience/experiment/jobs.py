@@ -116,9 +116,17 @@ def train_eval_job(
     same_inputs = previous is not None and previous.inputs_hash == inputs
     if not same_inputs:
         remove_outputs(folder)
-    fresh = JobRecord(job=job, kind="train_eval", seed=seed, variant=variant, inputs_hash=inputs, status="running")
+    fresh = JobRecord(
+        job=job, kind="train_eval", seed=seed, variant=variant, inputs_hash=inputs, status="running"
+    )
     clock = JobClock.start(folder, previous, fresh, keep_phases=same_inputs)
-    emit(sink, job, "started", attempt=clock.record.attempts, phases_done=list(clock.record.phases_done))
+    emit(
+        sink,
+        job,
+        "started",
+        attempt=clock.record.attempts,
+        phases_done=list(clock.record.phases_done),
+    )
     try:
         if "train" not in clock.record.phases_done or not (folder / "train_result.json").is_file():
             train(ctx, seed, variant, ranks, folder, task_data, reporter(clock, sink, "train"))
@@ -131,7 +139,9 @@ def train_eval_job(
         emit(sink, job, "finished", status="failed", message=record.error)
         return JobOutcome(job, "failed", record.error)
     emit(sink, job, "finished", status="done", exact_match=result.exact_match)
-    return JobOutcome(job, "done", exact_match=result.exact_match, output_digest=record.output_digest)
+    return JobOutcome(
+        job, "done", exact_match=result.exact_match, output_digest=record.output_digest
+    )
 
 
 def train(
@@ -163,7 +173,9 @@ def evaluate(
 ) -> EvalResult:
     from gradience.evaluate import evaluate_adapter
 
-    return evaluate_adapter(ctx.cfg, folder / "adapter", folder, task_data=task_data, progress=progress)
+    return evaluate_adapter(
+        ctx.cfg, folder / "adapter", folder, task_data=task_data, progress=progress
+    )
 
 
 def reporter(clock: JobClock, sink: EventSink | None, phase: str) -> Callable[[dict], None]:
@@ -197,7 +209,9 @@ def train_eval_finished(record: JobRecord | None, inputs: str, folder: Path) -> 
 
 def reused_train_eval(job: str, folder: Path, record: JobRecord) -> JobOutcome:
     result = read_model(folder / "eval.json", EvalResult)
-    return JobOutcome(job, "reused", exact_match=result.exact_match, output_digest=record.output_digest)
+    return JobOutcome(
+        job, "reused", exact_match=result.exact_match, output_digest=record.output_digest
+    )
 
 
 def remove_outputs(folder: Path) -> None:
@@ -210,7 +224,9 @@ def remove_outputs(folder: Path) -> None:
 # ---------------------------------------------------------------- gate, audit, ranks
 
 
-def audit_job(ctx: plan.RunContext, seed: int, probe: JobOutcome, sink: EventSink | None = None) -> JobOutcome:
+def audit_job(
+    ctx: plan.RunContext, seed: int, probe: JobOutcome, sink: EventSink | None = None
+) -> JobOutcome:
     """Probe gate, then audit the probe adapter and write every variant's rank pattern."""
     job = plan.job_id(seed, plan.AUDIT)
     if not probe.ok:
@@ -227,7 +243,10 @@ def audit_job(ctx: plan.RunContext, seed: int, probe: JobOutcome, sink: EventSin
     previous = read_record(folder)
     variants = plan.trained_variants(ctx.cfg)
     if audit_finished(previous, inputs, ctx, seed, variants):
-        ranks = {v: read_model(plan.ranks_file(ctx.run_dir, seed, v), RankPattern).ranks for v in variants}
+        ranks = {
+            v: read_model(plan.ranks_file(ctx.run_dir, seed, v), RankPattern).ranks
+            for v in variants
+        }
         emit(sink, job, "finished", status="reused")
         return JobOutcome(job, "reused", ranks=ranks)
     fresh = JobRecord(job=job, kind="audit", seed=seed, inputs_hash=inputs, status="running")
@@ -263,7 +282,12 @@ def audit_and_rank(ctx: plan.RunContext, seed: int) -> dict[str, RankPattern]:
 
     c = ctx.cfg.compression
     adapter_dir = plan.job_dir(ctx.run_dir, seed, plan.PROBE) / "adapter"
-    audit = audit_adapter(adapter_dir, policies=audit_policies(c.policy), allowed_ranks=c.allowed_ranks, margin=c.margin)
+    audit = audit_adapter(
+        adapter_dir,
+        policies=audit_policies(c.policy),
+        allowed_ranks=c.allowed_ranks,
+        margin=c.margin,
+    )
     write_model(plan.audit_file(ctx.run_dir, seed), audit)
     patterns = rank_patterns(audit, ctx.cfg, seed)
     for variant, pattern in patterns.items():

@@ -119,7 +119,12 @@ class RichProgress:
             data = self.board.progress.get(job, {})
             loss = data.get("loss")
             step = f"{data['step']}/{data['max_steps']}" if data.get("step") is not None else ""
-            table.add_row(job, str(data.get("phase", "")), step, f"{loss:.4f}" if isinstance(loss, float) else "")
+            table.add_row(
+                job,
+                str(data.get("phase", "")),
+                step,
+                f"{loss:.4f}" if isinstance(loss, float) else "",
+            )
         return Group(self.board.summary(), table)
 
     def __enter__(self) -> RichProgress:

@@ -50,16 +50,20 @@ class JobRecord(BaseModel):
     status: RecordStatus
     attempts: int = Field(0, description="How many times the job has been started.")
     phases_done: list[str] = Field(
-        default_factory=list, description="Finished phases of this attempt's inputs ('train', 'eval')."
+        default_factory=list,
+        description="Finished phases of this attempt's inputs ('train', 'eval').",
     )
     started_at: str | None = None
     finished_at: str | None = None
-    wall_time_s: float | None = Field(None, description="Wall time of the attempt that finished it.")
+    wall_time_s: float | None = Field(
+        None, description="Wall time of the attempt that finished it."
+    )
     error: str | None = None
     traceback: str | None = Field(None, description="Full traceback of the failure, for debugging.")
     progress: JobProgress | None = None
     output_digest: str | None = Field(
-        None, description="sha256 of the job's main output (the adapter weights), for downstream hashes."
+        None,
+        description="sha256 of the job's main output (the adapter weights), for downstream hashes.",
     )
 
 

@@ -45,7 +45,9 @@ def job_table(ctx: plan.RunContext) -> list[JobRow]:
                         status=record.status,
                         attempts=record.attempts,
                         wall_time_s=record.wall_time_s,
-                        progress=progress_text(record.progress) if record.status == "running" else "",
+                        progress=progress_text(record.progress)
+                        if record.status == "running"
+                        else "",
                         error=record.error,
                     )
                 )

@@ -107,7 +107,9 @@ def uniform_matched(
     cap = max(pattern.values())
     candidates = sorted(r for r in set(allowed_ranks) if r <= cap) or [cap]
     target = lora_params(pattern, shapes)
-    best = min(candidates, key=lambda r: (abs(lora_params(uniform(pattern, r), shapes) - target), r))
+    best = min(
+        candidates, key=lambda r: (abs(lora_params(uniform(pattern, r), shapes) - target), r)
+    )
     return uniform(pattern, best)
 
 

@@ -1,0 +1,156 @@
+"""The control rank patterns: exact permutations, parameter matching, uniform summaries."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+
+from gradience.ranks import lora_params, summarize_ranks
+from gradience.ranks.controls import (
+    rank_histogram,
+    shuffled_k,
+    shuffled_pattern,
+    shuffled_within_type,
+    uniform_matched,
+    uniform_median,
+    uniform_p90,
+)
+
+TYPES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+# Mistral-7B's shapes (d_in, d_out): GQA k/v are narrow, the MLP is wide.
+SHAPES_BY_TYPE = {
+    "q_proj": (4096, 4096),
+    "k_proj": (4096, 1024),
+    "v_proj": (4096, 1024),
+    "o_proj": (4096, 4096),
+    "gate_proj": (4096, 14336),
+    "up_proj": (4096, 14336),
+    "down_proj": (14336, 4096),
+}
+
+
+def module_name(layer: int, kind: str) -> str:
+    block = "self_attn" if kind in TYPES[:4] else "mlp"
+    return f"model.layers.{layer}.{block}.{kind}"
+
+
+def mistral_like_pattern(layers: int = 6, seed: int = 0) -> dict[str, int]:
+    rng = random.Random(seed)
+    return {
+        module_name(i, t): rng.choice([1, 2, 4, 8, 16, 32, 64])
+        for i in range(layers)
+        for t in TYPES
+    }
+
+
+def shapes_of(pattern: dict[str, int]) -> dict[str, tuple[int, int]]:
+    return {name: SHAPES_BY_TYPE[name.rsplit(".", 1)[1]] for name in pattern}
+
+
+def types_of(pattern: dict[str, int]) -> dict[str, str]:
+    return {name: name.rsplit(".", 1)[1] for name in pattern}
+
+
+def fisher_yates(values: list[int], rng: random.Random) -> list[int]:
+    """CPython's Random.shuffle, written out: swap i with randbelow(i + 1) from the end."""
+    values = list(values)
+    for i in reversed(range(1, len(values))):
+        j = rng._randbelow(i + 1)
+        values[i], values[j] = values[j], values[i]
+    return values
+
+
+@pytest.mark.parametrize("seed", [42, 43, 44, 0, 7])
+def test_shuffled_pattern_is_the_seed_rule_permutation(seed: int) -> None:
+    pattern = mistral_like_pattern()
+    expected_ranks = fisher_yates(list(pattern.values()), random.Random(seed + 10000))
+    shuffled = shuffled_pattern(pattern, seed)
+    assert list(shuffled) == list(pattern)  # same keys, same order
+    assert list(shuffled.values()) == expected_ranks
+    assert Counter(shuffled.values()) == Counter(pattern.values())
+
+
+def test_shuffled_pattern_differs_between_seeds_and_moves_parameters() -> None:
+    pattern = mistral_like_pattern()
+    a, b = shuffled_pattern(pattern, 42), shuffled_pattern(pattern, 43)
+    assert a != b and a != pattern
+    # The seed's rule keeps the multiset but not the parameter count (shapes differ).
+    shapes = shapes_of(pattern)
+    assert lora_params(a, shapes) != lora_params(pattern, shapes)
+
+
+@pytest.mark.parametrize("seed", [42, 43])
+def test_within_type_shuffle_is_parameter_matched_and_follows_its_rule(seed: int) -> None:
+    pattern = mistral_like_pattern()
+    types = types_of(pattern)
+    shuffled = shuffled_within_type(pattern, types, seed)
+    shapes = shapes_of(pattern)
+    assert lora_params(shuffled, shapes) == lora_params(pattern, shapes)
+    for kind in TYPES:
+        names = [n for n in pattern if types[n] == kind]
+        assert Counter(shuffled[n] for n in names) == Counter(pattern[n] for n in names)
+    # The documented rule, computed independently: one RNG, types in order of first appearance.
+    rng = random.Random(seed + 10000)
+    expected = {}
+    for kind in TYPES:
+        names = [n for n in pattern if types[n] == kind]
+        expected.update(zip(names, fisher_yates([pattern[n] for n in names], rng), strict=True))
+    assert shuffled == expected
+    assert list(shuffled) == list(pattern)
+    assert shuffled != pattern
+
+
+def test_within_type_shuffle_rejects_a_module_without_type() -> None:
+    with pytest.raises(ValueError, match="no module type"):
+        shuffled_within_type({"a": 1, "b": 2}, {"a": "q_proj"}, 42)
+
+
+def test_uniform_matched_picks_the_rank_with_the_closest_parameter_count() -> None:
+    pattern = mistral_like_pattern()
+    shapes = shapes_of(pattern)
+    allowed = [1, 2, 4, 8, 16, 32, 64]
+    target = sum(r * sum(shapes[n]) for n, r in pattern.items())
+    per_rank = {r: r * sum(sum(shapes[n]) for n in pattern) for r in allowed}
+    best = min(allowed, key=lambda r: abs(per_rank[r] - target))
+    matched = uniform_matched(pattern, shapes, allowed)
+    assert set(matched.values()) == {best} and list(matched) == list(pattern)
+
+
+def test_uniform_matched_breaks_ties_towards_the_smaller_rank_and_respects_the_cap() -> None:
+    shapes = {"a": (10, 10), "b": (10, 10)}
+    # target 12 * 20 = 240; uniform 4 -> 160 and uniform 8 -> 320 are equally far.
+    assert uniform_matched({"a": 4, "b": 8}, shapes, [4, 8, 16]) == {"a": 4, "b": 4}
+    # 16 would be closest to nothing here, and exceeds the pattern's largest rank anyway.
+    assert max(uniform_matched({"a": 8, "b": 8}, shapes, [1, 16]).values()) <= 8
+
+
+def test_uniform_median_and_p90_agree_with_the_audit_summaries() -> None:
+    pattern = {f"m{i}": r for i, r in enumerate([1, 2, 2, 4, 4, 4, 8, 8, 16, 64])}
+    summary = summarize_ranks(list(pattern.values()))
+    assert set(uniform_median(pattern).values()) == {summary.median} == {4}
+    # nearest rank: ceil(0.9 * 10) = 9th smallest value = 16
+    assert set(uniform_p90(pattern).values()) == {summary.p90} == {16}
+    assert set(uniform_median({"a": 1, "b": 2, "c": 4, "d": 8}).values()) == {2}
+
+
+def test_shuffled_k_gives_k_distinct_reproducible_permutations() -> None:
+    pattern = mistral_like_pattern()
+    shuffles = shuffled_k(pattern, 42, 4)
+    assert list(shuffles) == [f"per_layer_shuffled_k{i}" for i in range(4)]
+    for index, shuffled in enumerate(shuffles.values()):
+        expected = fisher_yates(
+            list(pattern.values()), random.Random(f"per_layer_shuffled_k:42:{index}")
+        )
+        assert list(shuffled.values()) == expected and list(shuffled) == list(pattern)
+    assert len({tuple(s.values()) for s in shuffles.values()}) == 4
+    assert shuffled_pattern(pattern, 42) not in shuffles.values()
+    assert shuffled_k(pattern, 42, 4) == shuffles
+    with pytest.raises(ValueError):
+        shuffled_k(pattern, 42, 0)
+
+
+def test_rank_histogram_counts_modules_per_rank_in_rank_order() -> None:
+    assert rank_histogram({"a": 8, "b": 2, "c": 8, "d": 16}) == {"2": 1, "8": 2, "16": 1}
+    assert list(rank_histogram({"a": 16, "b": 2})) == ["2", "16"]
