@@ -1,9 +1,112 @@
-"""Sub-commands of this stage (registered by gradience.cli)."""
+"""``gradience train`` and ``gradience eval``: one LoRA variant, trained or evaluated.
+
+Heavy libraries (torch, transformers, peft) are imported inside the handlers so that
+``gradience --help`` stays fast.
+"""
 
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    """Add this stage's sub-commands to ``commands``."""
+    """Add ``train`` and ``eval`` to ``commands``."""
+    train = commands.add_parser(
+        "train",
+        help="train one LoRA variant (a rank pattern or a uniform rank)",
+        description="Train one LoRA adapter on the config's task with the Hugging Face Trainer. "
+        "Every module gets the rank the pattern names (checked after building: a rank that did "
+        "not apply is an error). Writes OUTPUT/adapter/ (PEFT, safetensors) and "
+        "OUTPUT/train_result.json; resumes from OUTPUT/checkpoints when env.resume_from_checkpoint.",
+    )
+    train.add_argument("--config", required=True, type=Path, help="experiment YAML (see gradience/config.py)")
+    ranks = train.add_mutually_exclusive_group(required=True)
+    ranks.add_argument("--ranks", type=Path, help="rank pattern JSON written by `gradience suggest`")
+    ranks.add_argument("--uniform", type=int, metavar="R", help="the same rank R on every target module")
+    train.add_argument("--seed", type=int, help="training seed (default: the first of train.seeds)")
+    train.add_argument("--output", required=True, type=Path, help="output folder")
+    train.add_argument("--variant", help="variant name recorded in train_result.json")
+    train.set_defaults(handler=run_train)
+
+    evaluate = commands.add_parser(
+        "eval",
+        help="evaluate a LoRA adapter (or the base model) on the fixed eval subset",
+        description="Batched greedy generation on the config's eval items, GSM8K-style answer "
+        "extraction, exact match. Writes OUTPUT/eval.json and OUTPUT/predictions.jsonl.",
+    )
+    evaluate.add_argument("--config", required=True, type=Path, help="experiment YAML")
+    evaluate.add_argument(
+        "--adapter", type=Path, help="adapter folder, or a `gradience train` output; omit for the base model"
+    )
+    evaluate.add_argument("--output", required=True, type=Path, help="output folder")
+    evaluate.set_defaults(handler=run_eval)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from gradience.config import load_config
+    from gradience.train.run import train_variant
+
+    cfg = load_config(args.config)
+    ranks, source = _read_ranks(args, cfg.lora.probe_r)
+    seed = args.seed if args.seed is not None else cfg.train.seeds[0]
+    with tqdm(total=cfg.train.max_steps, desc=f"train seed {seed}", unit="step") as bar:
+
+        def progress(event: dict) -> None:
+            bar.update(event["step"] - bar.n)
+            bar.set_postfix(loss=f"{event['loss']:.4f}")
+
+        result = train_variant(
+            cfg, ranks, seed, args.output, variant=args.variant, progress=progress, ranks_source=source
+        )
+    loss = f"loss {result.loss_first:.4f} -> {result.loss_last:.4f}" if result.loss_first is not None else "no loss logged"
+    print(
+        f"trained seed {seed}: {result.steps} steps, {loss}, {result.trainable_params:,} trainable params, "
+        f"{result.wall_time_s:.1f} s -> {args.output / 'adapter'}"
+    )
+    return 0
+
+
+def _read_ranks(args: argparse.Namespace, probe_r: int) -> tuple[dict[str, int] | int, str | None]:
+    from gradience.errors import GradienceError
+    from gradience.io import read_model
+    from gradience.results import RankPattern
+
+    if args.ranks is None:
+        if args.uniform <= 0:
+            raise GradienceError(f"--uniform must be a positive rank, got {args.uniform}")
+        return args.uniform, None
+    pattern = read_model(args.ranks, RankPattern)
+    if pattern.probe_r != probe_r:
+        raise GradienceError(
+            f"probe_r={pattern.probe_r} but the config's lora.probe_r={probe_r}: the alpha policy "
+            "scales every module relative to the probe the ranks came from; use the same config",
+            path=args.ranks,
+            field="probe_r",
+        )
+    return pattern.ranks, str(args.ranks)
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from gradience.config import load_config
+    from gradience.evaluate.run import evaluate_adapter
+
+    cfg = load_config(args.config)
+    with tqdm(desc="eval", unit="item") as bar:
+
+        def progress(event: dict) -> None:
+            bar.total = event["total"]
+            bar.update(event["done"] - bar.n)
+
+        result = evaluate_adapter(cfg, args.adapter, args.output, progress=progress)
+    correct = round(result.exact_match * result.n_items)
+    print(
+        f"exact_match {result.exact_match:.3f} ({correct}/{result.n_items}), strict_match "
+        f"{result.strict_match:.3f}, {result.wall_time_s:.1f} s, {result.tokens_per_s:.0f} tokens/s "
+        f"-> {args.output / 'eval.json'}"
+    )
+    return 0

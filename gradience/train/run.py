@@ -172,8 +172,7 @@ def training_arguments(cfg: ExperimentConfig, seed: int, checkpoint_dir: Path, *
         save_strategy="steps" if t.save_steps else "no",
         save_steps=t.save_steps or 500,
         save_total_limit=1,  # resuming needs only the last one
-        gradient_checkpointing=t.gradient_checkpointing,
-        gradient_checkpointing_kwargs={"use_reentrant": False} if t.gradient_checkpointing else None,
+        **_checkpointing_arguments(t.gradient_checkpointing),
         report_to=[name for name in t.report_to if name != "none"] or "none",
         dataloader_num_workers=t.dataloader_num_workers,
         seed=seed,
@@ -186,6 +185,18 @@ def training_arguments(cfg: ExperimentConfig, seed: int, checkpoint_dir: Path, *
         disable_tqdm=quiet,
         save_only_model=False,
     )
+
+
+def _checkpointing_arguments(enabled: bool) -> dict[str, Any]:
+    """Activation checkpointing under the argument name this transformers version uses."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    prefix = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    # non-reentrant: the frozen embeddings give the reentrant variant no input that needs grad
+    return {prefix: enabled, f"{prefix}_kwargs": {"use_reentrant": False} if enabled else None}
 
 
 def mixed_precision(cfg: ExperimentConfig, device: torch.device) -> tuple[bool, bool]:
