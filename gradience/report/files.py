@@ -128,7 +128,7 @@ def write_report(analysis: MechanismAnalysis, results: AggregatedResults, run_di
                  title: str = "Mechanism test") -> list[Path]:
     """report.md plus the PNGs whose inputs exist; returns the files written."""
     from gradience.report.markdown import render_report
-    from gradience.report.plots import plot_accuracy, plot_rank_heatmaps, plot_spectra
+    from gradience.report.plots import plot_accuracy, plot_probe_spectra, plot_rank_heatmaps
 
     metric = str(analysis.inputs.get("primary_metric", results.primary_metric))
     figures: dict[str, str] = {}
@@ -141,7 +141,7 @@ def write_report(analysis: MechanismAnalysis, results: AggregatedResults, run_di
         figures["ranks per layer × module type: per_layer vs per_layer_shuffled"] = "rank_heatmaps.png"
     audit_seed, audit = _probe_audit(results, run_dir, notes)
     if audit is not None:
-        written.append(plot_spectra(audit, out / "probe_spectra.png", title=f"probe, seed {audit_seed}"))
+        written.append(plot_probe_spectra(audit, out / "probe_spectra.png", title=f"probe, seed {audit_seed}"))
         figures[f"probe (seed {audit_seed}) singular spectra by module type"] = "probe_spectra.png"
     text = render_report(analysis, results, figures, notes, title=title)
     written.insert(0, write_text_atomic(out / REPORT_FILE, text + "\n"))

@@ -7,7 +7,6 @@ its path.
 
 from __future__ import annotations
 
-import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -16,9 +15,9 @@ from matplotlib import colormaps
 from matplotlib.figure import Figure
 from scipy import stats
 
+from gradience.audit.plots import plot_energy_curves, plot_rank_heatmap, plot_spectra
 from gradience.results import AggregatedResults, AuditResult, RankPattern
 
-_LAYER_RE = re.compile(r"(?:^|\.)(?:layers|h|layer|blocks)\.(\d+)\.")
 DPI = 120
 
 
@@ -69,85 +68,37 @@ def _palette(n: int) -> list[tuple[float, float, float, float]]:
     return [cmap(i % 10) for i in range(n)]
 
 
-def module_grid(ranks: Mapping[str, int]) -> tuple[list[int], list[str], np.ndarray]:
-    """Ranks as a layers × module-types grid (NaN where a layer has no such module)."""
-    cells: dict[tuple[int, str], int] = {}
-    types: list[str] = []
-    for name, rank in ranks.items():
-        match = _LAYER_RE.search(name)
-        layer = int(match.group(1)) if match else -1
-        kind = name.rsplit(".", 1)[-1]
-        if kind not in types:
-            types.append(kind)
-        cells[(layer, kind)] = rank
-    layers = sorted({layer for layer, _ in cells})
-    grid = np.full((len(layers), len(types)), np.nan)
-    for (layer, kind), rank in cells.items():
-        grid[layers.index(layer), types.index(kind)] = rank
-    return layers, types, grid
-
-
 def plot_rank_heatmaps(patterns: Mapping[str, Mapping[str, RankPattern]], variants: Sequence[str],
                        path: Path) -> Path:
-    """One row per seed, one column per variant: log2(rank) per layer × module type."""
+    """One row per seed, one column per variant, each a layer × module-type rank grid.
+
+    The grid itself is gradience.audit.plots.plot_rank_heatmap, so the audit's and the
+    report's heatmaps read the same way.
+    """
     seeds = list(patterns)
-    grids = {(s, v): module_grid(patterns[s][v].ranks) for s in seeds for v in variants if v in patterns[s]}
-    n_layers = max(len(g[0]) for g in grids.values())
-    fig = Figure(figsize=(4.2 * len(variants), 1.2 + max(2.2, 0.22 * n_layers) * len(seeds)), layout="constrained")
+    n_modules = max(len(p.ranks) for per_seed in patterns.values() for p in per_seed.values())
+    n_types = max(len({n.rsplit(".", 1)[-1] for n in p.ranks}) for s in patterns.values() for p in s.values())
+    n_layers = max(1, n_modules // max(n_types, 1))
+    fig = Figure(figsize=(5.0 * len(variants), 1.2 + max(2.4, 0.2 * n_layers) * len(seeds)), layout="constrained")
     axes = fig.subplots(len(seeds), len(variants), squeeze=False)
-    top = max(np.nanmax(g[2]) for g in grids.values())
-    image = None
     for row, seed in enumerate(seeds):
         for col, variant in enumerate(variants):
             ax = axes[row][col]
-            if (seed, variant) not in grids:
+            pattern = patterns[seed].get(variant)
+            if pattern is None:
                 ax.set_axis_off()
                 ax.set_title(f"seed {seed}: no {variant} ranks", fontsize=9)
                 continue
-            layers, types, grid = grids[(seed, variant)]
-            image = ax.imshow(np.log2(grid), aspect="auto", cmap="viridis", vmin=0, vmax=np.log2(top),
-                              interpolation="nearest")
-            last_row = row == len(seeds) - 1
-            ax.set_xticks(range(len(types)), types if last_row else [], rotation=45, ha="right", fontsize=7)
-            ax.set_yticks(range(len(layers)), [str(layer) for layer in layers], fontsize=7)
-            ax.set_ylabel("layer", fontsize=8)
-            params = patterns[seed][variant].trainable_params
-            ax.set_title(f"seed {seed}: {variant} ({params:,} params)", fontsize=9)
-    if image is not None:
-        bar = fig.colorbar(image, ax=axes, shrink=0.8)
-        ticks = np.arange(0, int(np.log2(top)) + 1)
-        bar.set_ticks(ticks, labels=[str(2**t) for t in ticks])
-        bar.set_label("rank")
+            plot_rank_heatmap(pattern.ranks, ax, f"seed {seed}: {variant} ({pattern.trainable_params:,} params)")
+            ax.title.set_fontsize(9)
     return _save(fig, path)
 
 
-def plot_spectra(audit: AuditResult, path: Path, title: str = "probe") -> Path:
-    """Normalised singular values σ_i/σ_1 of every module, one panel per module type."""
-    types: list[str] = []
-    for module in audit.modules:
-        if module.type not in types:
-            types.append(module.type)
-    cols = min(4, len(types))
-    rows = int(np.ceil(len(types) / cols))
-    fig = Figure(figsize=(3.4 * cols, 2.9 * rows))  # fixed spacing: constrained layout doubles the time
-    axes = fig.subplots(rows, cols, squeeze=False)
-    layers = [m.layer for m in audit.modules if m.layer is not None]
-    top_layer = max(layers) if layers else 0
-    cmap = colormaps["plasma"]
-    for ax, kind in zip(axes.flat, types, strict=False):
-        for module in (m for m in audit.modules if m.type == kind):
-            sv = np.asarray(module.singular_values, dtype=float)
-            if sv.size == 0 or sv[0] <= 0:
-                continue
-            shade = (module.layer or 0) / max(top_layer, 1)
-            ax.semilogy(np.arange(1, sv.size + 1), np.maximum(sv / sv[0], 1e-6), color=cmap(0.85 * shade),
-                        lw=0.9, alpha=0.8)
-        ax.set_title(kind, fontsize=9)
-        ax.set_xlabel("index i", fontsize=8)
-        ax.set_ylabel("σ_i / σ_1", fontsize=8)
-        ax.grid(alpha=0.3)
-    for ax in list(axes.flat)[len(types):]:
-        ax.set_axis_off()
-    fig.subplots_adjust(left=0.06, right=0.98, bottom=0.1, top=0.86, hspace=0.5, wspace=0.35)
-    fig.suptitle(f"{title}: singular spectra of B·A by module type (colour: layer, dark = first)", fontsize=10)
+def plot_probe_spectra(audit: AuditResult, path: Path, title: str = "probe") -> Path:
+    """The probe's singular spectra and cumulative energy by module type (gradience.audit.plots)."""
+    fig = Figure(figsize=(12, 4.4), layout="constrained")
+    spectra_ax, energy_ax = fig.subplots(1, 2)
+    plot_spectra(audit, spectra_ax)
+    plot_energy_curves(audit, energy_ax)
+    fig.suptitle(f"{title}: median and 10–90% band over modules of each type", fontsize=10)
     return _save(fig, path)
