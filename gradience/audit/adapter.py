@@ -68,6 +68,30 @@ def pattern_value(pattern: Mapping[str, float], name: str, default: float) -> fl
     return default
 
 
+def pattern_warnings(config: AdapterConfig, names: list[str]) -> list[str]:
+    """Modules that several ``rank_pattern``/``alpha_pattern`` keys with different values match.
+
+    PEFT takes the first match in dict order, and ``save_pretrained`` writes the config with
+    sorted keys, so the order (and the value) may differ between training and reloading. The
+    audit follows the saved file, like ``PeftModel.from_pretrained``; these cases deserve a look.
+    """
+    warnings = []
+    for field, pattern in (
+        ("rank_pattern", config.rank_pattern),
+        ("alpha_pattern", config.alpha_pattern),
+    ):
+        for name in names:
+            hits = {key: v for key, v in pattern.items() if re.match(rf"(.*\.)?({key})$", name)}
+            if len(set(hits.values())) > 1:
+                chosen = next(iter(hits))
+                warnings.append(
+                    f"{field}: {name} matches keys {list(hits)} with different values; the first in the "
+                    f"saved file ({chosen!r} -> {hits[chosen]:g}) applies, as on PEFT reload, but the "
+                    "order used in training may have differed"
+                )
+    return warnings
+
+
 def targets_module(target_modules: list[str] | str | None, name: str) -> bool:
     """Whether PEFT's ``target_modules`` selects ``name`` (a string is a full-match regex,
     a list matches a whole name or a dotted suffix; ``all-linear`` or none: anything)."""

@@ -12,6 +12,7 @@ from gradience.audit.adapter import (
     LoraModule,
     discover_modules,
     open_weights,
+    pattern_warnings,
     read_adapter_config,
 )
 from gradience.audit.names import layer_index, module_type
@@ -148,4 +149,12 @@ def audit_adapter(
         lora_alpha=config.lora_alpha,
         use_rslora=config.use_rslora,
     )
-    return AuditResult(adapter=info, modules=audits, summary=summary, allowed_ranks=allowed)
+    warnings = pattern_warnings(config, [m.name for m in modules])
+    zero = [m.name for m in audits if m.frobenius_norm == 0]
+    if zero:
+        warnings.append(
+            f"{len(zero)} module(s) have B·A = 0 (an untrained adapter?), e.g. {zero[0]}"
+        )
+    return AuditResult(
+        adapter=info, modules=audits, summary=summary, allowed_ranks=allowed, warnings=warnings
+    )

@@ -1,9 +1,177 @@
-"""Sub-commands of this stage (registered by gradience.cli)."""
+"""``gradience audit`` and ``gradience suggest``: the spectral audit and rank suggestions."""
 
 from __future__ import annotations
 
 import argparse
+import sys
+
+from gradience.errors import GradienceError
+
+_DEFAULT_POLICIES = "energy@0.90,energy@0.95,erank,stable_rank,knee,oht"
+
+
+def _int_list(text: str, flag: str) -> list[int]:
+    try:
+        values = [int(part) for part in text.split(",") if part.strip()]
+    except ValueError:
+        raise GradienceError(
+            f"expected comma-separated integers, got {text!r}", field=flag
+        ) from None
+    if not values or any(v <= 0 for v in values):
+        raise GradienceError(f"expected positive integers, got {text!r}", field=flag)
+    return values
+
+
+def _checked_policy(name: str, flag: str) -> str:
+    from gradience.ranks import parse_policy
+
+    try:
+        parse_policy(name)
+    except ValueError as exc:
+        raise GradienceError(str(exc), field=flag) from None
+    return name
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    """Add this stage's sub-commands to ``commands``."""
+    """Add ``audit`` and ``suggest``."""
+    audit = commands.add_parser(
+        "audit",
+        help="spectral audit of a LoRA adapter: how much rank each module really uses",
+        description="Singular spectrum of every module's B·A (never forming the dense matrix), "
+        "its stable/effective/energy rank and utilization, and the rank each policy suggests. "
+        "Reads adapter_config.json + adapter_model.safetensors one module at a time.",
+    )
+    audit.add_argument(
+        "adapter_dir", metavar="ADAPTER_DIR", help="PEFT adapter directory (save_pretrained output)"
+    )
+    audit.add_argument(
+        "--json", action="store_true", help="print the full audit JSON instead of the table"
+    )
+    audit.add_argument("--output", metavar="FILE", help="also write the full audit JSON to FILE")
+    audit.add_argument(
+        "--policies",
+        default=_DEFAULT_POLICIES,
+        help=f"comma-separated rank policies: energy@TAU, erank, stable_rank, knee, oht (default {_DEFAULT_POLICIES})",
+    )
+    audit.add_argument(
+        "--allowed-ranks",
+        default="1,2,4,8,16,32,64",
+        help="ranks a suggestion is rounded up to (default 1,2,4,...,64)",
+    )
+    audit.add_argument(
+        "--margin",
+        type=float,
+        default=1.0,
+        help="multiply each policy rank by this before rounding up",
+    )
+    audit.add_argument(
+        "--top",
+        type=int,
+        default=5,
+        metavar="N",
+        help="list the N modules using the most/least rank",
+    )
+    audit.add_argument(
+        "--plot",
+        metavar="FILE.png",
+        help="save spectra, energy curves and a heatmap of the first policy's ranks",
+    )
+    audit.add_argument(
+        "--allow-pickle",
+        action="store_true",
+        help="accept adapter_model.bin (loaded with torch.load(weights_only=True)); off by default",
+    )
+    audit.set_defaults(handler=run_audit)
+
+    suggest = commands.add_parser(
+        "suggest",
+        help="turn an audit JSON into a per-module rank pattern (every audited module named)",
+        description="Apply one rank policy to every module of an audit: policy rank × margin, "
+        "rounded up to the allowed ranks, capped at the module's r.",
+    )
+    suggest.add_argument(
+        "audit_json", metavar="AUDIT_JSON", help="output of gradience audit --output"
+    )
+    suggest.add_argument(
+        "--policy", default="energy@0.90", help="energy@TAU, erank, stable_rank, knee or oht"
+    )
+    suggest.add_argument(
+        "--allowed-ranks", help="comma-separated ranks (default: those the audit used)"
+    )
+    suggest.add_argument(
+        "--margin",
+        type=float,
+        default=1.0,
+        help="multiply each policy rank by this before rounding up",
+    )
+    suggest.add_argument(
+        "--output", metavar="FILE", help="write the rank pattern JSON here (default: print it)"
+    )
+    suggest.set_defaults(handler=run_suggest)
+
+
+def run_audit(args: argparse.Namespace) -> int:
+    from gradience.audit import audit_adapter
+    from gradience.audit.table import render_audit
+    from gradience.io import write_model
+
+    policies = [
+        _checked_policy(p.strip(), "--policies") for p in args.policies.split(",") if p.strip()
+    ]
+    if not policies:
+        raise GradienceError("name at least one policy", field="--policies")
+    if not args.margin > 0:
+        raise GradienceError(f"must be positive, got {args.margin}", field="--margin")
+    if args.top < 0:
+        raise GradienceError(f"must be >= 0, got {args.top}", field="--top")
+    if args.plot and not args.plot.lower().endswith(".png"):
+        raise GradienceError("the plot is written as PNG; give a .png file name", field="--plot")
+    result = audit_adapter(
+        args.adapter_dir,
+        policies=policies,
+        allowed_ranks=_int_list(args.allowed_ranks, "--allowed-ranks"),
+        margin=args.margin,
+        allow_pickle=args.allow_pickle,
+        progress=sys.stderr.isatty(),
+    )
+    if args.output:
+        write_model(args.output, result)
+    if args.json:
+        print(result.model_dump_json(indent=2))
+    else:
+        print(render_audit(result, top=args.top))
+    if args.plot:
+        from gradience.audit.plots import plot_audit
+
+        plot_audit(result, policies[0], args.plot)
+    for path, what in ((args.output, "audit JSON"), (args.plot, "plot")):
+        if path:
+            print(f"wrote {what} to {path}", file=sys.stderr)
+    return 0
+
+
+def run_suggest(args: argparse.Namespace) -> int:
+    from gradience.audit.table import render_pattern
+    from gradience.io import read_model, write_model
+    from gradience.ranks import default_allowed_ranks, suggest_ranks
+    from gradience.results import AuditResult
+
+    _checked_policy(args.policy, "--policy")
+    if not args.margin > 0:
+        raise GradienceError(f"must be positive, got {args.margin}", field="--margin")
+    audit = read_model(args.audit_json, AuditResult)
+    if not audit.modules:
+        raise GradienceError("the audit has no modules", path=args.audit_json, field="modules")
+    allowed = (
+        _int_list(args.allowed_ranks, "--allowed-ranks")
+        if args.allowed_ranks
+        else default_allowed_ranks(audit)
+    )
+    pattern = suggest_ranks(audit, args.policy, allowed, args.margin)
+    if args.output:
+        write_model(args.output, pattern)
+        print(render_pattern(pattern, audit.summary.total_params))
+        print(f"wrote rank pattern to {args.output}", file=sys.stderr)
+    else:
+        print(pattern.model_dump_json(indent=2))
+    return 0
