@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 from fixtures.mechanism import build_results, scenario
+from statsmodels.stats.multitest import multipletests
 
 from gradience.config import HypothesisConfig
 from gradience.stats import analyze
-from gradience.stats.contrast import holm
+from gradience.stats.contrast import holm, holm_adjust
 
 CONTRAST_KEYS = {"a", "b", "n_seeds", "mean_diff", "ci95", "paired_t", "welch_t", "cohens_d",
                  "cohens_dz", "holm_p", "item_level", "seeds_for_80pct_power"}
@@ -45,6 +47,15 @@ def test_holm_over_the_two_primary_contrasts_matches_the_step_down_formula():
     expected = {low: adjusted_low, high: max(adjusted_low, high)}
     assert e.holm_p == pytest.approx(expected[e.paired_t.p])
     assert m.holm_p == pytest.approx(expected[m.paired_t.p])
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_holm_adjust_matches_statsmodels(seed):
+    rng = np.random.default_rng(seed)
+    p_values = rng.uniform(0, 0.3, size=int(rng.integers(1, 7))).tolist()
+    p_values.append(p_values[0])  # ties
+    expected = multipletests(p_values, method="holm")[1]
+    assert holm_adjust(p_values) == pytest.approx(expected.tolist())
 
 
 def test_holm_keeps_the_family_size_when_one_p_is_undefined():

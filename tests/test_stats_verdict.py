@@ -37,7 +37,7 @@ def test_the_seed_scenario_1_with_its_own_seed_noise_at_three_seeds_is_not_overc
 
 def test_noisy_scenario_draws_never_claim_what_their_statistics_do_not_show():
     labels = []
-    for draw in range(20):
+    for draw in range(30):
         rng = np.random.default_rng(draw)
         noisy = {v: {s: m + rng.normal(0, sd) for s in (42, 43, 44)} for v, m, sd in
                  (("probe", 0.650, 0.010), ("per_layer", 0.675, 0.008), ("per_layer_shuffled", 0.660, 0.012))}
