@@ -118,6 +118,7 @@ def test_identical_variants_are_inconclusive_not_a_scenario():
     assert e.mean_diff == 0.0 and e.paired_t.p is None and e.cohens_dz is None
     assert all((m.b, m.c, m.p) == (0, 0, 1.0) for m in e.item_level.mcnemar.values())
     assert analysis.verdict.label == "inconclusive"
+    assert any("same items" in reason for reason in analysis.verdict.reasons)
     _json(analysis)
 
 

@@ -98,3 +98,14 @@ def test_item_level_disagreement_is_explained():
 
 def test_missing_contrasts_are_inconclusive():
     assert decide(None, None, HYP).label == "inconclusive"
+
+
+def test_per_layer_clearly_worse_than_the_probe_is_no_benefit_and_says_so():
+    results = build_results({
+        "probe": {42: 0.700, 43: 0.702, 44: 0.698},
+        "per_layer": {42: 0.650, 43: 0.655, 44: 0.651},
+        "per_layer_shuffled": {42: 0.649, 43: 0.656, 44: 0.650},
+    })
+    verdict = analyze(results, HYP).verdict
+    assert verdict.label == "no_benefit"
+    assert any("worse than the probe" in r for r in verdict.reasons)

@@ -12,6 +12,7 @@ def _f(x: float | None, fmt: str) -> str:
 def format_summary(analysis: MechanismAnalysis, results: AggregatedResults) -> str:
     """Verdict, per-variant means, per-contrast statistics and the reasons, for a terminal."""
     metric = str(analysis.inputs.get("primary_metric", results.primary_metric))
+    name_width = max((len(name) for name in results.variants), default=0)
     lines = [f"verdict: {analysis.verdict.label}", "",
              f"variants ({metric}, mean ± sd over seeds):"]
     for name, aggregate in results.variants.items():
@@ -20,12 +21,13 @@ def format_summary(analysis: MechanismAnalysis, results: AggregatedResults) -> s
         sd = None
         if len(values) > 1:
             sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-        lines.append(f"  {name:<32} {_f(mean, '.4f')} ± {_f(sd, '.4f')}  (n={len(values)})")
+        lines.append(f"  {name:<{name_width}}  {_f(mean, '.4f')} ± {_f(sd, '.4f')}  (n={len(values)})")
     lines += ["", "contrasts (one-sided, H1: A > B):"]
+    width = max((len(name) for name in analysis.contrasts), default=0)
     for name, c in analysis.contrasts.items():
         ci = "n/a" if c.ci95 is None else f"[{c.ci95[0]:+.4f}, {c.ci95[1]:+.4f}]"
         lines.append(
-            f"  {name:<40} diff {_f(c.mean_diff, '+.4f')} CI {ci}  p {_f(c.paired_t.p, '.4g')}"
+            f"  {name:<{width}}  diff {_f(c.mean_diff, '+.4f')} CI {ci}  p {_f(c.paired_t.p, '.4g')}"
             f"  holm {_f(c.holm_p, '.4g')}  d {_f(c.cohens_d, '.2f')}  d_z {_f(c.cohens_dz, '.2f')}"
             f"  item p {_f(c.item_level.pooled.p, '.4g')}  seeds@80% {_f(c.seeds_for_80pct_power, 'd')}"
         )

@@ -112,6 +112,9 @@ def compare(
         seeds=[int(s) if s.lstrip("-").isdigit() else s for s in seeds],
         values_a=scores_a, values_b=scores_b, sd_diff=diff.sd,
     )
+    if seeds and all(m.b + m.c == 0 for m in contrast.item_level.mcnemar.values()):
+        contrast.notes.append(f"{a} and {b} are right on exactly the same items in every paired seed: "
+                              "check that they really trained different ranks (and learned anything)")
     if threshold is not None:
         _add_threshold_power(contrast, threshold, alpha, power)
     return contrast

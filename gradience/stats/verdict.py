@@ -86,6 +86,7 @@ def judge(c: Contrast | None, name: str, threshold: float, alpha: float, min_d: 
                          f"the threshold {threshold:g}, so a benefit of that size is ruled out")
     if c.holm_p is None:
         reason = c.paired_t.reason or "the Holm-adjusted p is undefined"
+        reason += "".join(f"; {note}" for note in c.notes if "same items" in note)
         return Judgement(Outcome.UNDETERMINED, f"{head}; undetermined: {reason}")
     significant = c.holm_p < alpha
     above = c.mean_diff > threshold
@@ -160,6 +161,9 @@ def decide(efficacy: Contrast | None, mechanism: Contrast | None, hypothesis: Hy
     reasons = [lead, e.reason, m.reason]
     reasons += [r for r in (_item_disagreement(efficacy, "compression efficacy", alpha),
                             _item_disagreement(mechanism, "mechanism", alpha)) if r]
+    if efficacy is not None and efficacy.ci95 is not None and efficacy.ci95[1] < 0:
+        reasons.append("per_layer is worse than the probe (the 95% CI of the difference lies below 0): "
+                       "compressing to the audited ranks costs accuracy.")
     if mechanism is not None and mechanism.ci95 is not None and mechanism.ci95[1] < 0:
         reasons.append("per_layer_shuffled beats per_layer (the 95% CI of the difference lies below 0): "
                        "the audit's placement is worse than random placement.")
