@@ -67,7 +67,7 @@ def _sd(values: Sequence[float]) -> float | None:
     return (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
 
 
-def _contrast(name: str, c: Contrast) -> list[str]:
+def _contrast(name: str, c: Contrast, power: float) -> list[str]:
     family = "primary, Holm-corrected" if c.holm_family else "exploratory, not corrected"
     paired = f"{c.n_seeds} ({', '.join(str(s) for s in c.seeds)})" if c.seeds else str(c.n_seeds)
     t, w, pooled = c.paired_t, c.welch_t, c.item_level.pooled
@@ -79,11 +79,12 @@ def _contrast(name: str, c: Contrast) -> list[str]:
         ["Holm p", _p(c.holm_p)],
         ["Welch t, one-sided", f"t = {_num(w.statistic, '.3f')}, p = {_p(w.p)}"],
         ["Cohen's d / d_z", f"{_num(c.cohens_d, '.2f')} / {_num(c.cohens_dz, '.2f')}"],
-        ["seeds for 80% power (observed d_z; one-sided α, before Holm)", _num(c.seeds_for_80pct_power, "d")],
+        [f"seeds for {power:.0%} power (observed d_z; one-sided α, before Holm)",
+         _num(c.seeds_for_80pct_power, "d")],
     ]
     if c.threshold is not None:
         rows.append([f"at the threshold {c.threshold:g} (observed sd)",
-                     f"power now {_num(c.power_at_threshold, '.2f')}; seeds for 80%: "
+                     f"power now {_num(c.power_at_threshold, '.2f')}; seeds for {power:.0%}: "
                      f"{_num(c.seeds_for_80pct_power_at_threshold, 'd')}"])
     rows.append(["item level, pooled bootstrap", f"diff {_num(pooled.estimate, '+.4f')}, 95% CI "
                  f"{_interval(pooled.ci95)}, one-sided p = {_p(pooled.p)}"])
@@ -108,8 +109,10 @@ def render_report(analysis: MechanismAnalysis, results: AggregatedResults,
              f"## Verdict: **{analysis.verdict.label}**", ""]
     lines += [f"- {reason}" for reason in analysis.verdict.reasons] + [""]
     lines += _setup(analysis, results) + _variants(results, metric) + ["## Contrasts", ""]
+    hypothesis = analysis.inputs.get("hypothesis")
+    power = float(hypothesis.get("power", 0.8)) if isinstance(hypothesis, Mapping) else 0.8
     for name, contrast in analysis.contrasts.items():
-        lines += _contrast(name, contrast)
+        lines += _contrast(name, contrast, power)
     if results.failures:
         lines += ["## Failures", ""]
         lines += _table(["seed", "variant", "error"],

@@ -69,13 +69,15 @@ def _summary(c: Contrast) -> str:
             f"paired t p = {_fmt(c.paired_t.p, False)}, Holm p = {_fmt(c.holm_p, False)}")
 
 
-def _seeds_needed(c: Contrast) -> str:
+def _seeds_needed(c: Contrast, power: float) -> str:
     if c.seeds_for_80pct_power is not None:
-        return f"{c.seeds_for_80pct_power} seeds needed for 80% power at the observed d_z = {c.cohens_dz:.2f}"
+        return (f"{c.seeds_for_80pct_power} seeds needed for {power:.0%} power at the observed "
+                f"d_z = {c.cohens_dz:.2f}")
     return "seeds needed: undefined"
 
 
-def judge(c: Contrast | None, name: str, threshold: float, alpha: float, min_d: float | None) -> Judgement:
+def judge(c: Contrast | None, name: str, threshold: float, alpha: float, min_d: float | None,
+          power: float = 0.8) -> Judgement:
     """PASS / FAIL / UNDETERMINED for one contrast, with a sentence saying why (see module doc)."""
     if c is None or c.mean_diff is None:
         why = "; ".join(c.notes) if c is not None and c.notes else "no paired seeds"
@@ -103,15 +105,15 @@ def judge(c: Contrast | None, name: str, threshold: float, alpha: float, min_d: 
                          f"Cohen's d = {_fmt(c.cohens_d, False)} is not above {min_d:g}")
     if above:
         return Judgement(Outcome.UNDETERMINED, f"{head}; effect above the threshold {threshold:g} but "
-                         f"not significant at {alpha:g}: underpowered, {_seeds_needed(c)}")
+                         f"not significant at {alpha:g}: underpowered, {_seeds_needed(c, power)}")
     return Judgement(Outcome.UNDETERMINED, f"{head}; the effect is not above the threshold "
                      f"{threshold:g}, but the CI still includes it: a benefit of that size is not "
-                     f"ruled out{_threshold_seeds(c)}")
+                     f"ruled out{_threshold_seeds(c, power)}")
 
 
-def _threshold_seeds(c: Contrast) -> str:
+def _threshold_seeds(c: Contrast, power: float) -> str:
     n = c.seeds_for_80pct_power_at_threshold
-    return "" if n is None else f" ({n} seeds give 80% power for a true difference at the threshold)"
+    return "" if n is None else f" ({n} seeds give {power:.0%} power for a true difference at the threshold)"
 
 
 def _item_disagreement(c: Contrast | None, name: str, alpha: float) -> str | None:
@@ -151,8 +153,8 @@ def decide(efficacy: Contrast | None, mechanism: Contrast | None, hypothesis: Hy
     """Apply the decision rule of the module docstring to the two primary contrasts."""
     alpha = hypothesis.alpha
     e = judge(efficacy, "compression efficacy", hypothesis.compression_threshold, alpha,
-              hypothesis.min_effect_size)
-    m = judge(mechanism, "mechanism", hypothesis.mechanism_threshold, alpha, None)
+              hypothesis.min_effect_size, hypothesis.power)
+    m = judge(mechanism, "mechanism", hypothesis.mechanism_threshold, alpha, None, hypothesis.power)
     label = _LABELS.get((e.outcome, m.outcome), "inconclusive")
     if label == "inconclusive":
         lead = _inconclusive_lead(e.outcome, m.outcome)
