@@ -7,9 +7,10 @@ import shutil
 
 import matplotlib.image
 import pytest
-from fixtures.mechanism import scenario, write_run_folder
+from fixtures.mechanism import build_results, scenario, write_run_folder
 
 from gradience.errors import GradienceError
+from gradience.io import write_model
 from gradience.report.files import _rank_patterns, analyze_results, rerender
 from gradience.results import MechanismAnalysis
 
@@ -91,3 +92,14 @@ def test_an_unreadable_rank_file_is_skipped_with_a_note(tmp_path, analysed_run):
     patterns = _rank_patterns(output.results, copy, notes)
     assert "per_layer" not in patterns["42"] and "per_layer_shuffled" in patterns["42"]
     assert any("skipped per_layer.json" in note for note in notes)
+
+
+def test_a_run_where_everything_failed_still_reports_why(tmp_path):
+    results = build_results({"probe": {}, "per_layer": {}, "per_layer_shuffled": {}}, n_items=0,
+                            failures=[(42, "probe", "CUDA out of memory"), (43, "probe", "gated")])
+    write_model(tmp_path / "aggregated_results.json", results)
+    output = analyze_results(tmp_path)
+    assert output.analysis.verdict.label == "inconclusive"
+    text = (tmp_path / "report.md").read_text()
+    assert "## Failures" in text and "CUDA out of memory" in text
+    assert matplotlib.image.imread(tmp_path / "accuracy.png").ndim == 3

@@ -59,7 +59,10 @@ def plot_accuracy(results: AggregatedResults, metric: str, path: Path) -> Path:
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} per variant (lines join one seed's runs)")
     ax.grid(axis="y", alpha=0.3)
-    ax.legend(fontsize=8, loc="best")
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize=8, loc="best")
+    else:
+        ax.text(0.5, 0.5, "no finished runs", ha="center", va="center", transform=ax.transAxes)
     return _save(fig, path)
 
 

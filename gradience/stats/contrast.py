@@ -61,7 +61,9 @@ def _unpaired_notes(results: AggregatedResults, a: str, b: str, paired: Sequence
                 notes.append(f"seed {seed} left out of {a} vs {b}: only {variant} finished{why}")
     for seed in results.seeds:
         if str(seed) not in results.variants[a].runs and str(seed) not in results.variants[b].runs:
-            notes.append(f"seed {seed} left out of {a} vs {b}: neither variant finished")
+            errors = [f"{v}: {failures[(str(seed), v)]}" for v in (a, b) if (str(seed), v) in failures]
+            why = f" ({'; '.join(errors)})" if errors else ""
+            notes.append(f"seed {seed} left out of {a} vs {b}: neither variant finished{why}")
     return notes
 
 
