@@ -39,7 +39,10 @@ def test_analyze_json_prints_the_analysis_and_writes_it_next_to_the_results(run,
 
 def test_analyze_prints_a_summary_and_report_rerenders(run, tmp_path, capsys):
     out = tmp_path / "out"
-    assert main(["mechanism", "analyze", str(run / "aggregated_results.json"), "--output", str(out)]) == 0
+    assert (
+        main(["mechanism", "analyze", str(run / "aggregated_results.json"), "--output", str(out)])
+        == 0
+    )
     text = capsys.readouterr().out
     assert "verdict: heterogeneity_only" in text and "per_layer_vs_probe" in text
     assert (out / "report.md").is_file() and (out / "rank_heatmaps.png").is_file()
@@ -53,8 +56,10 @@ def test_analyze_prints_a_summary_and_report_rerenders(run, tmp_path, capsys):
     [
         (lambda d: d.pop("seeds"), "seeds"),
         (lambda d: d.update(schema_version=2), "schema_version"),
-        (lambda d: d["variants"]["per_layer"]["runs"]["43"]["item_correct"].pop(),
-         "variants.per_layer.runs.43.item_correct"),
+        (
+            lambda d: d["variants"]["per_layer"]["runs"]["43"]["item_correct"].pop(),
+            "variants.per_layer.runs.43.item_correct",
+        ),
         (lambda d: d["variants"]["probe"]["runs"]["42"].pop("exact_match"), "exact_match"),
     ],
 )
@@ -77,7 +82,10 @@ def test_the_run_config_sets_the_hypothesis_and_config_overrides_it(run, tmp_pat
     assert from_run["contrasts"]["per_layer_vs_per_layer_shuffled"]["threshold"] == 0.001
     override = tmp_path / "other.yaml"
     override.write_text("hypothesis:\n  mechanism_threshold: 0.03\n  alpha: 0.01\n")
-    assert main(["mechanism", "analyze", str(run), "--json", "--no-report", "--config", str(override)]) == 0
+    assert (
+        main(["mechanism", "analyze", str(run), "--json", "--no-report", "--config", str(override)])
+        == 0
+    )
     overridden = json.loads(capsys.readouterr().out)
     assert overridden["inputs"]["hypothesis"]["alpha"] == 0.01
     assert overridden["contrasts"]["per_layer_vs_per_layer_shuffled"]["threshold"] == 0.03
@@ -90,17 +98,38 @@ def test_a_bad_config_key_is_reported(run, capsys):
 
 
 def test_extra_contrasts_are_checked_against_the_variants(run, capsys):
-    assert main(["mechanism", "analyze", str(run), "--json", "--no-report", "--contrast",
-                 "per_layer_shuffled:probe"]) == 0
+    assert (
+        main(
+            [
+                "mechanism",
+                "analyze",
+                str(run),
+                "--json",
+                "--no-report",
+                "--contrast",
+                "per_layer_shuffled:probe",
+            ]
+        )
+        == 0
+    )
     assert "per_layer_shuffled_vs_probe" in json.loads(capsys.readouterr().out)["contrasts"]
-    assert main(["mechanism", "analyze", str(run), "--no-report", "--contrast", "per_layer:nope"]) == 2
+    assert (
+        main(["mechanism", "analyze", str(run), "--no-report", "--contrast", "per_layer:nope"]) == 2
+    )
     assert "nope" in capsys.readouterr().err
 
 
 def test_the_seed_documented_script_analyses_a_results_file(run):
     result = subprocess.run(
-        [sys.executable, "experiments/analyze_mechanism_test.py", str(run / "aggregated_results.json")],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            "experiments/analyze_mechanism_test.py",
+            str(run / "aggregated_results.json"),
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert result.returncode == 0, result.stderr
     assert "verdict: heterogeneity_only" in result.stdout
@@ -108,8 +137,12 @@ def test_the_seed_documented_script_analyses_a_results_file(run):
 
 
 def test_registering_the_commands_imports_no_heavy_library():
-    code = ("import sys, argparse; from gradience.commands import analysis; "
-            "p = argparse.ArgumentParser().add_subparsers(); analysis.register(p); "
-            "print(sorted(m for m in ('scipy', 'matplotlib', 'statsmodels', 'torch') if m in sys.modules))")
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    code = (
+        "import sys, argparse; from gradience.commands import analysis; "
+        "p = argparse.ArgumentParser().add_subparsers(); analysis.register(p); "
+        "print(sorted(m for m in ('scipy', 'matplotlib', 'statsmodels', 'torch') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True
+    )
     assert result.stdout.strip() == "[]"

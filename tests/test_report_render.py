@@ -95,8 +95,11 @@ def test_an_unreadable_rank_file_is_skipped_with_a_note(tmp_path, analysed_run):
 
 
 def test_a_run_where_everything_failed_still_reports_why(tmp_path):
-    results = build_results({"probe": {}, "per_layer": {}, "per_layer_shuffled": {}}, n_items=0,
-                            failures=[(42, "probe", "CUDA out of memory"), (43, "probe", "gated")])
+    results = build_results(
+        {"probe": {}, "per_layer": {}, "per_layer_shuffled": {}},
+        n_items=0,
+        failures=[(42, "probe", "CUDA out of memory"), (43, "probe", "gated")],
+    )
     write_model(tmp_path / "aggregated_results.json", results)
     output = analyze_results(tmp_path)
     assert output.analysis.verdict.label == "inconclusive"

@@ -13,8 +13,20 @@ from gradience.config import HypothesisConfig
 from gradience.stats import analyze
 from gradience.stats.contrast import holm, holm_adjust
 
-CONTRAST_KEYS = {"a", "b", "n_seeds", "mean_diff", "ci95", "paired_t", "welch_t", "cohens_d",
-                 "cohens_dz", "holm_p", "item_level", "seeds_for_80pct_power"}
+CONTRAST_KEYS = {
+    "a",
+    "b",
+    "n_seeds",
+    "mean_diff",
+    "ci95",
+    "paired_t",
+    "welch_t",
+    "cohens_d",
+    "cohens_dz",
+    "holm_p",
+    "item_level",
+    "seeds_for_80pct_power",
+}
 
 
 def _json(analysis) -> dict:
@@ -41,7 +53,10 @@ def test_json_has_the_issue_schema_keys():
 
 def test_holm_over_the_two_primary_contrasts_matches_the_step_down_formula():
     analysis = analyze(scenario("real_mechanism", seed_sd=0.01), HypothesisConfig())
-    e, m = analysis.contrasts["per_layer_vs_probe"], analysis.contrasts["per_layer_vs_per_layer_shuffled"]
+    e, m = (
+        analysis.contrasts["per_layer_vs_probe"],
+        analysis.contrasts["per_layer_vs_per_layer_shuffled"],
+    )
     low, high = sorted([e.paired_t.p, m.paired_t.p])
     adjusted_low = min(1.0, 2 * low)
     expected = {low: adjusted_low, high: max(adjusted_low, high)}
@@ -60,7 +75,10 @@ def test_holm_adjust_matches_statsmodels(seed):
 
 def test_holm_keeps_the_family_size_when_one_p_is_undefined():
     analysis = analyze(scenario("real_mechanism", seed_sd=0.01), HypothesisConfig())
-    e, m = analysis.contrasts["per_layer_vs_probe"], analysis.contrasts["per_layer_vs_per_layer_shuffled"]
+    e, m = (
+        analysis.contrasts["per_layer_vs_probe"],
+        analysis.contrasts["per_layer_vs_per_layer_shuffled"],
+    )
     m.paired_t.p = None
     holm([e, m])
     assert e.holm_p == pytest.approx(min(1.0, 2 * e.paired_t.p)) and m.holm_p is None
@@ -74,8 +92,11 @@ def test_mean_diff_and_item_level_agree_when_item_vectors_define_accuracy():
 
 def test_a_variant_missing_for_one_seed_pairs_only_common_seeds_and_says_why():
     results = build_results(
-        {"probe": {42: 0.65, 43: 0.66, 44: 0.64}, "per_layer": {42: 0.68, 43: 0.69, 44: 0.67},
-         "per_layer_shuffled": {42: 0.66, 44: 0.65}},
+        {
+            "probe": {42: 0.65, 43: 0.66, 44: 0.64},
+            "per_layer": {42: 0.68, 43: 0.69, 44: 0.67},
+            "per_layer_shuffled": {42: 0.66, 44: 0.65},
+        },
         failures=[(43, "per_layer_shuffled", "CUDA out of memory")],
     )
     analysis = analyze(results, HypothesisConfig())
@@ -89,8 +110,9 @@ def test_a_variant_missing_for_one_seed_pairs_only_common_seeds_and_says_why():
 
 
 def test_a_variant_absent_from_the_results_gives_a_null_contrast_and_no_verdict_on_it():
-    results = build_results({"probe": {42: 0.65, 43: 0.66, 44: 0.64},
-                             "per_layer": {42: 0.70, 43: 0.71, 44: 0.69}})
+    results = build_results(
+        {"probe": {42: 0.65, 43: 0.66, 44: 0.64}, "per_layer": {42: 0.70, 43: 0.71, 44: 0.69}}
+    )
     analysis = analyze(results, HypothesisConfig())
     mechanism = analysis.contrasts["per_layer_vs_per_layer_shuffled"]
     assert mechanism.n_seeds == 0 and mechanism.mean_diff is None and mechanism.holm_p is None
@@ -100,7 +122,9 @@ def test_a_variant_absent_from_the_results_gives_a_null_contrast_and_no_verdict_
 
 
 def test_one_seed_is_inconclusive_and_json_safe():
-    results = build_results({"probe": {42: 0.65}, "per_layer": {42: 0.70}, "per_layer_shuffled": {42: 0.66}})
+    results = build_results(
+        {"probe": {42: 0.65}, "per_layer": {42: 0.70}, "per_layer_shuffled": {42: 0.66}}
+    )
     analysis = analyze(results, HypothesisConfig())
     assert analysis.verdict.label == "inconclusive"
     assert analysis.contrasts["per_layer_vs_probe"].paired_t.p is None
@@ -123,9 +147,14 @@ def test_identical_variants_are_inconclusive_not_a_scenario():
 
 
 def test_further_controls_get_exploratory_contrasts_outside_the_holm_family():
-    results = build_results({"probe": {42: 0.65, 43: 0.66}, "per_layer": {42: 0.68, 43: 0.69},
-                             "per_layer_shuffled": {42: 0.66, 43: 0.67},
-                             "uniform_matched": {42: 0.67, 43: 0.66}})
+    results = build_results(
+        {
+            "probe": {42: 0.65, 43: 0.66},
+            "per_layer": {42: 0.68, 43: 0.69},
+            "per_layer_shuffled": {42: 0.66, 43: 0.67},
+            "uniform_matched": {42: 0.67, 43: 0.66},
+        }
+    )
     analysis = analyze(results, HypothesisConfig())
     extra = analysis.contrasts["per_layer_vs_uniform_matched"]
     assert extra.holm_p is None and not extra.holm_family and extra.paired_t.p is not None
@@ -133,7 +162,9 @@ def test_further_controls_get_exploratory_contrasts_outside_the_holm_family():
 
 
 def test_item_vectors_of_the_wrong_length_name_the_key():
-    results = build_results({"probe": {42: 0.65}, "per_layer": {42: 0.7}, "per_layer_shuffled": {42: 0.66}})
+    results = build_results(
+        {"probe": {42: 0.65}, "per_layer": {42: 0.7}, "per_layer_shuffled": {42: 0.66}}
+    )
     results.variants["per_layer"].runs["42"].item_correct.pop()
     with pytest.raises(ValueError, match=r"variants\.per_layer\.runs\.42\.item_correct"):
         analyze(results, HypothesisConfig())
@@ -145,6 +176,9 @@ def test_strict_match_is_analysed_on_its_own_scores():
         run.strict_match = run.exact_match - 0.05
     analysis = analyze(results, HypothesisConfig(primary_metric="strict_match"))
     exact = analyze(results, HypothesisConfig())
-    delta = analysis.contrasts["per_layer_vs_probe"].mean_diff - exact.contrasts["per_layer_vs_probe"].mean_diff
+    delta = (
+        analysis.contrasts["per_layer_vs_probe"].mean_diff
+        - exact.contrasts["per_layer_vs_probe"].mean_diff
+    )
     assert delta == pytest.approx(0.05)
     assert "strict_match" in analysis.contrasts["per_layer_vs_probe"].item_level.pooled.reason

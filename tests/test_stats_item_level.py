@@ -62,7 +62,9 @@ def test_bootstrap_agrees_with_explicit_index_resampling():
     replicates = []
     for _ in range(4000):
         chosen = ref_rng.integers(0, 3, size=3)
-        replicates.append(np.mean([ref_rng.choice(diffs[s], size=diffs[s].size).mean() for s in chosen]))
+        replicates.append(
+            np.mean([ref_rng.choice(diffs[s], size=diffs[s].size).mean() for s in chosen])
+        )
     result = hierarchical_bootstrap(diffs)
     low, high = np.percentile(replicates, [2.5, 97.5])
     width = high - low

@@ -22,12 +22,16 @@ N_ITEMS = 400
 RUN_SD = 0.01  # seed-to-seed training noise in accuracy
 
 
-def _simulate(n_seeds: int, effect: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _simulate(
+    n_seeds: int, effect: float, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     """Accuracies of A and B, shape (experiments, seeds); A's items are ``effect`` easier."""
     p_item = rng.uniform(0.2, 0.9, size=(N_EXPERIMENTS, 1, 1, N_ITEMS))
     offsets = rng.normal(0.0, RUN_SD, size=(N_EXPERIMENTS, n_seeds, 2, 1))
     shift = np.array([effect, 0.0]).reshape(1, 1, 2, 1)
-    correct = rng.random((N_EXPERIMENTS, n_seeds, 2, N_ITEMS)) < np.clip(p_item + offsets + shift, 0, 1)
+    correct = rng.random((N_EXPERIMENTS, n_seeds, 2, N_ITEMS)) < np.clip(
+        p_item + offsets + shift, 0, 1
+    )
     accuracy = correct.mean(axis=3)
     return accuracy[:, :, 0], accuracy[:, :, 1]
 
@@ -49,7 +53,9 @@ def test_power_for_a_planted_three_point_effect_at_ten_seeds_matches_the_noncent
     empirical = _rejection_rate(a, b, 0.05)
     true_sd = float(np.std(a - b, ddof=1))  # pooled over 10,000 simulated seeds: ~exact
     predicted = paired_t_power(0.03 / true_sd, 10, 0.05)
-    print(f"planted +0.03 at 10 seeds: empirical power {empirical:.3f}, noncentral t {predicted:.3f}")
+    print(
+        f"planted +0.03 at 10 seeds: empirical power {empirical:.3f}, noncentral t {predicted:.3f}"
+    )
     assert empirical == pytest.approx(predicted, abs=0.05)
     assert 0.3 < empirical < 0.99  # the design is neither hopeless nor trivially powered
 

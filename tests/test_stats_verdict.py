@@ -21,11 +21,13 @@ def test_clear_cut_data_reproduce_the_seed_scenarios(label):
 
 def test_the_seed_scenario_1_with_its_own_seed_noise_at_three_seeds_is_not_overclaimed():
     # the README's means AND spreads: probe 0.650 ± 0.010, per_layer 0.675 ± 0.008, shuffled 0.660 ± 0.012
-    results = build_results({
-        "probe": {42: 0.640, 43: 0.650, 44: 0.660},
-        "per_layer": {42: 0.683, 43: 0.667, 44: 0.675},
-        "per_layer_shuffled": {42: 0.648, 43: 0.672, 44: 0.660},
-    })
+    results = build_results(
+        {
+            "probe": {42: 0.640, 43: 0.650, 44: 0.660},
+            "per_layer": {42: 0.683, 43: 0.667, 44: 0.675},
+            "per_layer_shuffled": {42: 0.648, 43: 0.672, 44: 0.660},
+        }
+    )
     for name, sd in (("probe", 0.010), ("per_layer", 0.008), ("per_layer_shuffled", 0.012)):
         assert np.std(results.variants[name].accuracy.values, ddof=1) == pytest.approx(sd, abs=5e-4)
     analysis = analyze(results, HYP)
@@ -39,8 +41,14 @@ def test_noisy_scenario_draws_never_claim_what_their_statistics_do_not_show():
     labels = []
     for draw in range(30):
         rng = np.random.default_rng(draw)
-        noisy = {v: {s: m + rng.normal(0, sd) for s in (42, 43, 44)} for v, m, sd in
-                 (("probe", 0.650, 0.010), ("per_layer", 0.675, 0.008), ("per_layer_shuffled", 0.660, 0.012))}
+        noisy = {
+            v: {s: m + rng.normal(0, sd) for s in (42, 43, 44)}
+            for v, m, sd in (
+                ("probe", 0.650, 0.010),
+                ("per_layer", 0.675, 0.008),
+                ("per_layer_shuffled", 0.660, 0.012),
+            )
+        }
         analysis = analyze(build_results(noisy, n_items=500, rng_seed=draw), HYP)
         e = analysis.contrasts["per_layer_vs_probe"]
         m = analysis.contrasts["per_layer_vs_per_layer_shuffled"]
@@ -59,11 +67,13 @@ def test_noisy_scenario_draws_never_claim_what_their_statistics_do_not_show():
 
 def test_a_small_mechanism_diff_with_a_wide_ci_is_not_heterogeneity_only():
     # efficacy is clear, per_layer ≈ shuffled on average, but seeds disagree wildly
-    results = build_results({
-        "probe": {42: 0.650, 43: 0.651, 44: 0.649},
-        "per_layer": {42: 0.690, 43: 0.693, 44: 0.688},
-        "per_layer_shuffled": {42: 0.650, 43: 0.720, 44: 0.690},
-    })
+    results = build_results(
+        {
+            "probe": {42: 0.650, 43: 0.651, 44: 0.649},
+            "per_layer": {42: 0.690, 43: 0.693, 44: 0.688},
+            "per_layer_shuffled": {42: 0.650, 43: 0.720, 44: 0.690},
+        }
+    )
     analysis = analyze(results, HYP)
     assert analysis.contrasts["per_layer_vs_probe"].holm_p < HYP.alpha
     assert analysis.verdict.label == "inconclusive"
@@ -71,11 +81,13 @@ def test_a_small_mechanism_diff_with_a_wide_ci_is_not_heterogeneity_only():
 
 
 def test_placement_that_matters_without_beating_the_probe_fits_no_scenario():
-    results = build_results({
-        "probe": {42: 0.700, 43: 0.702, 44: 0.698},
-        "per_layer": {42: 0.701, 43: 0.703, 44: 0.700},
-        "per_layer_shuffled": {42: 0.650, 43: 0.651, 44: 0.649},
-    })
+    results = build_results(
+        {
+            "probe": {42: 0.700, 43: 0.702, 44: 0.698},
+            "per_layer": {42: 0.701, 43: 0.703, 44: 0.700},
+            "per_layer_shuffled": {42: 0.650, 43: 0.651, 44: 0.649},
+        }
+    )
     analysis = analyze(results, HYP)
     assert analysis.verdict.label == "inconclusive"
     assert "no seed scenario fits" in analysis.verdict.reasons[0]
@@ -101,11 +113,13 @@ def test_missing_contrasts_are_inconclusive():
 
 
 def test_per_layer_clearly_worse_than_the_probe_is_no_benefit_and_says_so():
-    results = build_results({
-        "probe": {42: 0.700, 43: 0.702, 44: 0.698},
-        "per_layer": {42: 0.650, 43: 0.655, 44: 0.651},
-        "per_layer_shuffled": {42: 0.649, 43: 0.656, 44: 0.650},
-    })
+    results = build_results(
+        {
+            "probe": {42: 0.700, 43: 0.702, 44: 0.698},
+            "per_layer": {42: 0.650, 43: 0.655, 44: 0.651},
+            "per_layer_shuffled": {42: 0.649, 43: 0.656, 44: 0.650},
+        }
+    )
     verdict = analyze(results, HYP).verdict
     assert verdict.label == "no_benefit"
     assert any("worse than the probe" in r for r in verdict.reasons)

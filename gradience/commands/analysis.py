@@ -30,14 +30,27 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     analyze.add_argument("results", help="aggregated_results.json, or the run folder holding it")
     analyze.add_argument("--output", metavar="DIR", help="write the analysis and report here")
-    analyze.add_argument("--config", metavar="YAML",
-                         help="take the hypothesis settings from this config (default: the run "
-                         "folder's config.yaml if present, else the built-in defaults)")
-    analyze.add_argument("--contrast", metavar="A:B", type=_contrast, action="append", default=[],
-                         help="an extra, exploratory contrast A vs B (repeatable; default: per_layer "
-                         "vs every further control in the results)")
-    analyze.add_argument("--json", action="store_true", help="print mechanism_analysis.json instead of the summary")
-    analyze.add_argument("--no-report", action="store_true", help="write only mechanism_analysis.json")
+    analyze.add_argument(
+        "--config",
+        metavar="YAML",
+        help="take the hypothesis settings from this config (default: the run "
+        "folder's config.yaml if present, else the built-in defaults)",
+    )
+    analyze.add_argument(
+        "--contrast",
+        metavar="A:B",
+        type=_contrast,
+        action="append",
+        default=[],
+        help="an extra, exploratory contrast A vs B (repeatable; default: per_layer "
+        "vs every further control in the results)",
+    )
+    analyze.add_argument(
+        "--json", action="store_true", help="print mechanism_analysis.json instead of the summary"
+    )
+    analyze.add_argument(
+        "--no-report", action="store_true", help="write only mechanism_analysis.json"
+    )
     analyze.set_defaults(handler=_analyze)
 
     report = commands.add_parser(
@@ -55,8 +68,13 @@ def _analyze(args: argparse.Namespace) -> int:
     from gradience.report.files import analyze_results
     from gradience.report.summary import format_summary
 
-    output = analyze_results(args.results, output_dir=args.output, config_path=args.config,
-                             contrasts=args.contrast, report=not args.no_report)
+    output = analyze_results(
+        args.results,
+        output_dir=args.output,
+        config_path=args.config,
+        contrasts=args.contrast,
+        report=not args.no_report,
+    )
     if args.json:
         print(json.dumps(output.analysis.model_dump(mode="json"), indent=2))
     else:

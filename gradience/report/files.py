@@ -41,7 +41,9 @@ def resolve_results_path(path: str | Path) -> Path:
     if path.is_dir():
         path = path / RESULTS_FILE
     if not path.is_file():
-        raise GradienceError("aggregated results not found (give the file or the run folder)", path=path)
+        raise GradienceError(
+            "aggregated results not found (give the file or the run folder)", path=path
+        )
     return path
 
 
@@ -58,7 +60,9 @@ def load_results(path: Path, metric: str | None = None) -> AggregatedResults:
     return results
 
 
-def load_hypothesis(run_dir: Path, config_path: str | Path | None) -> tuple[HypothesisConfig | None, str]:
+def load_hypothesis(
+    run_dir: Path, config_path: str | Path | None
+) -> tuple[HypothesisConfig | None, str]:
     """--config wins, then the run's copy of its config; None means: use defaults."""
     if config_path is not None:
         return load_config(config_path).hypothesis, str(config_path)
@@ -93,8 +97,12 @@ def analyze_results(
     for a, b in contrasts:
         for variant in (a, b):
             if variant not in results.variants:
-                raise GradienceError(f"--contrast names {variant!r}, which is not in variants "
-                                     f"{sorted(results.variants)}", path=results_path, field="variants")
+                raise GradienceError(
+                    f"--contrast names {variant!r}, which is not in variants "
+                    f"{sorted(results.variants)}",
+                    path=results_path,
+                    field="variants",
+                )
     analysis = analyze(results, hypothesis, contrasts)
     analysis.inputs["results_file"] = str(results_path.resolve())
     analysis.inputs["hypothesis_source"] = source
@@ -102,7 +110,9 @@ def analyze_results(
     output = AnalysisOutput(analysis, results, results_path, out)
     output.written.append(write_model(out / ANALYSIS_FILE, analysis))
     if report:
-        output.written += write_report(analysis, results, run_dir, out, _title(run_dir, config_path))
+        output.written += write_report(
+            analysis, results, run_dir, out, _title(run_dir, config_path)
+        )
     return output
 
 
@@ -117,15 +127,26 @@ def rerender(directory: str | Path) -> AnalysisOutput:
     results = load_results(results_path, str(analysis.inputs.get("primary_metric", "exact_match")))
     recorded = analysis.inputs.get("config_hash")
     if recorded is not None and recorded != results.config_hash:
-        raise GradienceError(f"config_hash {results.config_hash!r} differs from the analysis's {recorded!r}; "
-                             "run `gradience mechanism analyze` again", path=results_path, field="config_hash")
+        raise GradienceError(
+            f"config_hash {results.config_hash!r} differs from the analysis's {recorded!r}; "
+            "run `gradience mechanism analyze` again",
+            path=results_path,
+            field="config_hash",
+        )
     output = AnalysisOutput(analysis, results, results_path, out)
-    output.written += write_report(analysis, results, results_path.parent, out, _title(results_path.parent, None))
+    output.written += write_report(
+        analysis, results, results_path.parent, out, _title(results_path.parent, None)
+    )
     return output
 
 
-def write_report(analysis: MechanismAnalysis, results: AggregatedResults, run_dir: Path, out: Path,
-                 title: str = "Mechanism test") -> list[Path]:
+def write_report(
+    analysis: MechanismAnalysis,
+    results: AggregatedResults,
+    run_dir: Path,
+    out: Path,
+    title: str = "Mechanism test",
+) -> list[Path]:
     """report.md plus the PNGs whose inputs exist; returns the files written."""
     from gradience.report.markdown import render_report
     from gradience.report.plots import plot_accuracy, plot_probe_spectra, plot_rank_heatmaps
@@ -138,10 +159,14 @@ def write_report(analysis: MechanismAnalysis, results: AggregatedResults, run_di
     patterns = _rank_patterns(results, run_dir, notes)
     if patterns:
         written.append(plot_rank_heatmaps(patterns, HEATMAP_VARIANTS, out / "rank_heatmaps.png"))
-        figures["ranks per layer × module type: per_layer vs per_layer_shuffled"] = "rank_heatmaps.png"
+        figures["ranks per layer × module type: per_layer vs per_layer_shuffled"] = (
+            "rank_heatmaps.png"
+        )
     audit_seed, audit = _probe_audit(results, run_dir, notes)
     if audit is not None:
-        written.append(plot_probe_spectra(audit, out / "probe_spectra.png", title=f"probe, seed {audit_seed}"))
+        written.append(
+            plot_probe_spectra(audit, out / "probe_spectra.png", title=f"probe, seed {audit_seed}")
+        )
         figures[f"probe (seed {audit_seed}) singular spectra by module type"] = "probe_spectra.png"
     text = render_report(analysis, results, figures, notes, title=title)
     written.insert(0, write_text_atomic(out / REPORT_FILE, text + "\n"))
@@ -156,7 +181,9 @@ def _try_read(path: Path, model: type, notes: list[str]):
         return None
 
 
-def _rank_patterns(results: AggregatedResults, run_dir: Path, notes: list[str]) -> dict[str, dict[str, RankPattern]]:
+def _rank_patterns(
+    results: AggregatedResults, run_dir: Path, notes: list[str]
+) -> dict[str, dict[str, RankPattern]]:
     patterns: dict[str, dict[str, RankPattern]] = {}
     for seed in (str(s) for s in results.seeds):
         for variant in HEATMAP_VARIANTS:
@@ -167,12 +194,16 @@ def _rank_patterns(results: AggregatedResults, run_dir: Path, notes: list[str]) 
             if pattern is not None:
                 patterns.setdefault(seed, {})[variant] = pattern
     if not patterns:
-        notes.append(f"rank heatmaps skipped: no seed_<s>/ranks/{{{','.join(HEATMAP_VARIANTS)}}}.json "
-                     f"under {run_dir}")
+        notes.append(
+            f"rank heatmaps skipped: no seed_<s>/ranks/{{{','.join(HEATMAP_VARIANTS)}}}.json "
+            f"under {run_dir}"
+        )
     return patterns
 
 
-def _probe_audit(results: AggregatedResults, run_dir: Path, notes: list[str]) -> tuple[str | None, AuditResult | None]:
+def _probe_audit(
+    results: AggregatedResults, run_dir: Path, notes: list[str]
+) -> tuple[str | None, AuditResult | None]:
     for seed in (str(s) for s in results.seeds):
         path = run_dir / f"seed_{seed}" / "probe" / "audit.json"
         if path.is_file():

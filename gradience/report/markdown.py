@@ -33,15 +33,23 @@ def _setup(analysis: MechanismAnalysis, results: AggregatedResults) -> list[str]
     rows = [
         ["primary metric", str(inputs.get("primary_metric"))],
         ["seeds", ", ".join(str(s) for s in results.seeds)],
-        ["eval set", f"{len(results.eval_item_ids)} items, sha256 of the ids: `{inputs.get('eval_items_sha256_16')}`"],
+        [
+            "eval set",
+            f"{len(results.eval_item_ids)} items, sha256 of the ids: `{inputs.get('eval_items_sha256_16')}`",
+        ],
         ["config hash", f"`{results.config_hash}`"],
         ["alpha policy", results.alpha_policy],
     ]
     if isinstance(hyp, Mapping):
-        rows.append(["hypothesis", f"efficacy: per_layer − probe > {hyp.get('compression_threshold')} and "
-                     f"Cohen's d > {hyp.get('min_effect_size')}; mechanism: per_layer − per_layer_shuffled > "
-                     f"{hyp.get('mechanism_threshold')}; α = {hyp.get('alpha')} (Holm over the two); "
-                     f"power target {hyp.get('power')}"])
+        rows.append(
+            [
+                "hypothesis",
+                f"efficacy: per_layer − probe > {hyp.get('compression_threshold')} and "
+                f"Cohen's d > {hyp.get('min_effect_size')}; mechanism: per_layer − per_layer_shuffled > "
+                f"{hyp.get('mechanism_threshold')}; α = {hyp.get('alpha')} (Holm over the two); "
+                f"power target {hyp.get('power')}",
+            ]
+        )
     return ["## Setup", ""] + _table(["", ""], rows)
 
 
@@ -49,14 +57,29 @@ def _variants(results: AggregatedResults, metric: str) -> list[str]:
     seeds = [str(s) for s in results.seeds]
     rows = []
     for name, aggregate in results.variants.items():
-        values = [getattr(aggregate.runs[s], metric) if s in aggregate.runs else None for s in seeds]
+        values = [
+            getattr(aggregate.runs[s], metric) if s in aggregate.runs else None for s in seeds
+        ]
         present = [v for v in values if v is not None]
         mean = sum(present) / len(present) if present else None
         sd = _sd(present)
         params = aggregate.trainable_params.mean
-        rows.append([f"`{name}`", str(len(present)), f"{_num(mean)} ± {_num(sd)}",
-                     *[_num(v) for v in values], "—" if params is None else f"{params:,.0f}"])
-    header = ["variant", "n", f"{metric} mean ± sd", *[f"seed {s}" for s in seeds], "trainable params"]
+        rows.append(
+            [
+                f"`{name}`",
+                str(len(present)),
+                f"{_num(mean)} ± {_num(sd)}",
+                *[_num(v) for v in values],
+                "—" if params is None else f"{params:,.0f}",
+            ]
+        )
+    header = [
+        "variant",
+        "n",
+        f"{metric} mean ± sd",
+        *[f"seed {s}" for s in seeds],
+        "trainable params",
+    ]
     return [f"## Variants ({metric}; sd over seeds, ddof=1)", ""] + _table(header, rows)
 
 
@@ -79,15 +102,26 @@ def _contrast(name: str, c: Contrast, power: float) -> list[str]:
         ["Holm p", _p(c.holm_p)],
         ["Welch t, one-sided", f"t = {_num(w.statistic, '.3f')}, p = {_p(w.p)}"],
         ["Cohen's d / d_z", f"{_num(c.cohens_d, '.2f')} / {_num(c.cohens_dz, '.2f')}"],
-        [f"seeds for {power:.0%} power (observed d_z; one-sided α, before Holm)",
-         _num(c.seeds_for_80pct_power, "d")],
+        [
+            f"seeds for {power:.0%} power (observed d_z; one-sided α, before Holm)",
+            _num(c.seeds_for_80pct_power, "d"),
+        ],
     ]
     if c.threshold is not None:
-        rows.append([f"at the threshold {c.threshold:g} (observed sd)",
-                     f"power now {_num(c.power_at_threshold, '.2f')}; seeds for {power:.0%}: "
-                     f"{_num(c.seeds_for_80pct_power_at_threshold, 'd')}"])
-    rows.append(["item level, pooled bootstrap", f"diff {_num(pooled.estimate, '+.4f')}, 95% CI "
-                 f"{_interval(pooled.ci95)}, one-sided p = {_p(pooled.p)}"])
+        rows.append(
+            [
+                f"at the threshold {c.threshold:g} (observed sd)",
+                f"power now {_num(c.power_at_threshold, '.2f')}; seeds for {power:.0%}: "
+                f"{_num(c.seeds_for_80pct_power_at_threshold, 'd')}",
+            ]
+        )
+    rows.append(
+        [
+            "item level, pooled bootstrap",
+            f"diff {_num(pooled.estimate, '+.4f')}, 95% CI "
+            f"{_interval(pooled.ci95)}, one-sided p = {_p(pooled.p)}",
+        ]
+    )
     lines = [f"### `{name}` ({family})", ""] + _table(["statistic", "value"], rows)
     if c.item_level.mcnemar:
         mc_rows = [[s, str(m.b), str(m.c), _p(m.p)] for s, m in c.item_level.mcnemar.items()]
@@ -98,15 +132,24 @@ def _contrast(name: str, c: Contrast, power: float) -> list[str]:
     return lines + ([""] if notes else [])
 
 
-def render_report(analysis: MechanismAnalysis, results: AggregatedResults,
-                  figures: Mapping[str, str], figure_notes: Sequence[str] = (),
-                  title: str = "Mechanism test") -> str:
+def render_report(
+    analysis: MechanismAnalysis,
+    results: AggregatedResults,
+    figures: Mapping[str, str],
+    figure_notes: Sequence[str] = (),
+    title: str = "Mechanism test",
+) -> str:
     """The whole report.md; ``figures`` maps a caption to a PNG path relative to the report."""
     metric = str(analysis.inputs.get("primary_metric", results.primary_metric))
-    lines = [f"# {title}: analysis", "",
-             f"Generated by gradience {__version__} from `aggregated_results.json` "
-             f"(config `{results.config_hash}`).", "",
-             f"## Verdict: **{analysis.verdict.label}**", ""]
+    lines = [
+        f"# {title}: analysis",
+        "",
+        f"Generated by gradience {__version__} from `aggregated_results.json` "
+        f"(config `{results.config_hash}`).",
+        "",
+        f"## Verdict: **{analysis.verdict.label}**",
+        "",
+    ]
     lines += [f"- {reason}" for reason in analysis.verdict.reasons] + [""]
     lines += _setup(analysis, results) + _variants(results, metric) + ["## Contrasts", ""]
     hypothesis = analysis.inputs.get("hypothesis")
@@ -115,14 +158,28 @@ def render_report(analysis: MechanismAnalysis, results: AggregatedResults,
         lines += _contrast(name, contrast, power)
     if results.failures:
         lines += ["## Failures", ""]
-        lines += _table(["seed", "variant", "error"],
-                        [[str(f.seed), f.variant, f.error.replace("|", "\\|")] for f in results.failures])
+        lines += _table(
+            ["seed", "variant", "error"],
+            [[str(f.seed), f.variant, f.error.replace("|", "\\|")] for f in results.failures],
+        )
     lines += ["## Figures", ""]
     for caption, path in figures.items():
         lines += [f"**{caption}**", "", f"![{caption}]({path})", ""]
     lines += [f"- {note}" for note in figure_notes] + ([""] if figure_notes else [])
-    lines += ["## Method", "", "### Decision rule (gradience.stats.verdict)", "",
-              "```", (verdict_rule.__doc__ or "").strip(), "```", "",
-              "### Item-level tests (gradience.stats.item_level)", "",
-              "```", (BOOTSTRAP_DOC or "").strip(), "```", ""]
+    lines += [
+        "## Method",
+        "",
+        "### Decision rule (gradience.stats.verdict)",
+        "",
+        "```",
+        (verdict_rule.__doc__ or "").strip(),
+        "```",
+        "",
+        "### Item-level tests (gradience.stats.item_level)",
+        "",
+        "```",
+        (BOOTSTRAP_DOC or "").strip(),
+        "```",
+        "",
+    ]
     return "\n".join(lines)

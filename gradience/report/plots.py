@@ -32,7 +32,9 @@ def _mean_ci(values: Sequence[float]) -> tuple[float, float]:
     arr = np.asarray(values, dtype=float)
     if arr.size < 2:
         return float(arr.mean()), 0.0
-    return float(arr.mean()), float(stats.t.ppf(0.975, arr.size - 1) * arr.std(ddof=1) / np.sqrt(arr.size))
+    return float(arr.mean()), float(
+        stats.t.ppf(0.975, arr.size - 1) * arr.std(ddof=1) / np.sqrt(arr.size)
+    )
 
 
 def plot_accuracy(results: AggregatedResults, metric: str, path: Path) -> Path:
@@ -45,16 +47,36 @@ def plot_accuracy(results: AggregatedResults, metric: str, path: Path) -> Path:
         values = [getattr(r, metric) for r in results.variants[variant].runs.values()]
         if values:
             mean, half = _mean_ci(values)
-            ax.errorbar(i, mean, yerr=half, fmt="s", color="black", capsize=6, markersize=7, zorder=3,
-                        label="mean ± 95% CI" if i == 0 else None)
+            ax.errorbar(
+                i,
+                mean,
+                yerr=half,
+                fmt="s",
+                color="black",
+                capsize=6,
+                markersize=7,
+                zorder=3,
+                label="mean ± 95% CI" if i == 0 else None,
+            )
     colors = {str(s): c for s, c in zip(results.seeds, _palette(len(results.seeds)), strict=False)}
     for seed in [str(s) for s in results.seeds]:
-        points = [(i, getattr(results.variants[v].runs[seed], metric))
-                  for i, v in enumerate(variants) if seed in results.variants[v].runs]
+        points = [
+            (i, getattr(results.variants[v].runs[seed], metric))
+            for i, v in enumerate(variants)
+            if seed in results.variants[v].runs
+        ]
         if points:
             xs, ys = zip(*points, strict=True)
-            ax.plot(np.asarray(xs) + 0.08, ys, "o-", color=colors.get(seed), alpha=0.75, lw=1.2,
-                    markersize=5, label=f"seed {seed}")
+            ax.plot(
+                np.asarray(xs) + 0.08,
+                ys,
+                "o-",
+                color=colors.get(seed),
+                alpha=0.75,
+                lw=1.2,
+                markersize=5,
+                label=f"seed {seed}",
+            )
     ax.set_xticks(x, variants, rotation=15)
     ax.set_ylabel(metric)
     ax.set_title(f"{metric} per variant (lines join one seed's runs)")
@@ -71,8 +93,9 @@ def _palette(n: int) -> list[tuple[float, float, float, float]]:
     return [cmap(i % 10) for i in range(n)]
 
 
-def plot_rank_heatmaps(patterns: Mapping[str, Mapping[str, RankPattern]], variants: Sequence[str],
-                       path: Path) -> Path:
+def plot_rank_heatmaps(
+    patterns: Mapping[str, Mapping[str, RankPattern]], variants: Sequence[str], path: Path
+) -> Path:
     """One row per seed, one column per variant, each a layer × module-type rank grid.
 
     The grid itself is gradience.audit.plots.plot_rank_heatmap, so the audit's and the
@@ -80,9 +103,14 @@ def plot_rank_heatmaps(patterns: Mapping[str, Mapping[str, RankPattern]], varian
     """
     seeds = list(patterns)
     n_modules = max(len(p.ranks) for per_seed in patterns.values() for p in per_seed.values())
-    n_types = max(len({n.rsplit(".", 1)[-1] for n in p.ranks}) for s in patterns.values() for p in s.values())
+    n_types = max(
+        len({n.rsplit(".", 1)[-1] for n in p.ranks}) for s in patterns.values() for p in s.values()
+    )
     n_layers = max(1, n_modules // max(n_types, 1))
-    fig = Figure(figsize=(5.0 * len(variants), 1.2 + max(2.4, 0.2 * n_layers) * len(seeds)), layout="constrained")
+    fig = Figure(
+        figsize=(5.0 * len(variants), 1.2 + max(2.4, 0.2 * n_layers) * len(seeds)),
+        layout="constrained",
+    )
     axes = fig.subplots(len(seeds), len(variants), squeeze=False)
     for row, seed in enumerate(seeds):
         for col, variant in enumerate(variants):
@@ -92,7 +120,9 @@ def plot_rank_heatmaps(patterns: Mapping[str, Mapping[str, RankPattern]], varian
                 ax.set_axis_off()
                 ax.set_title(f"seed {seed}: no {variant} ranks", fontsize=9)
                 continue
-            plot_rank_heatmap(pattern.ranks, ax, f"seed {seed}: {variant} ({pattern.trainable_params:,} params)")
+            plot_rank_heatmap(
+                pattern.ranks, ax, f"seed {seed}: {variant} ({pattern.trainable_params:,} params)"
+            )
             ax.title.set_fontsize(9)
     return _save(fig, path)
 

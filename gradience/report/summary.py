@@ -13,15 +13,20 @@ def format_summary(analysis: MechanismAnalysis, results: AggregatedResults) -> s
     """Verdict, per-variant means, per-contrast statistics and the reasons, for a terminal."""
     metric = str(analysis.inputs.get("primary_metric", results.primary_metric))
     name_width = max((len(name) for name in results.variants), default=0)
-    lines = [f"verdict: {analysis.verdict.label}", "",
-             f"variants ({metric}, mean ± sd over seeds):"]
+    lines = [
+        f"verdict: {analysis.verdict.label}",
+        "",
+        f"variants ({metric}, mean ± sd over seeds):",
+    ]
     for name, aggregate in results.variants.items():
         values = [getattr(r, metric) for r in aggregate.runs.values()]
         mean = sum(values) / len(values) if values else None
         sd = None
         if len(values) > 1:
             sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-        lines.append(f"  {name:<{name_width}}  {_f(mean, '.4f')} ± {_f(sd, '.4f')}  (n={len(values)})")
+        lines.append(
+            f"  {name:<{name_width}}  {_f(mean, '.4f')} ± {_f(sd, '.4f')}  (n={len(values)})"
+        )
     lines += ["", "contrasts (one-sided, H1: A > B):"]
     width = max((len(name) for name in analysis.contrasts), default=0)
     for name, c in analysis.contrasts.items():

@@ -43,7 +43,9 @@ def check_results(results: AggregatedResults, metric: str) -> None:
                     f"eval_item_ids has {n_items}"
                 )
             if any(v not in (0, 1) for v in run.item_correct):
-                raise ValueError(f"variants.{variant}.runs.{seed}.item_correct: values must be 0 or 1")
+                raise ValueError(
+                    f"variants.{variant}.runs.{seed}.item_correct: values must be 0 or 1"
+                )
 
 
 def analyze(
@@ -59,7 +61,10 @@ def analyze(
     """
     metric = hypothesis.primary_metric
     check_results(results, metric)
-    thresholds = {EFFICACY: hypothesis.compression_threshold, MECHANISM: hypothesis.mechanism_threshold}
+    thresholds = {
+        EFFICACY: hypothesis.compression_threshold,
+        MECHANISM: hypothesis.mechanism_threshold,
+    }
     common = {"metric": metric, "alpha": hypothesis.alpha, "power": hypothesis.power}
     primary = [compare(results, a, b, threshold=thresholds[(a, b)], **common) for a, b in PRIMARY]
     holm(primary)
@@ -73,7 +78,9 @@ def analyze(
             extra.notes.append("exploratory contrast: not Holm-corrected, not part of the verdict")
             contrasts[name] = extra
     verdict = decide(primary[0], primary[1], hypothesis)
-    return MechanismAnalysis(contrasts=contrasts, verdict=verdict, inputs=_inputs(results, hypothesis))
+    return MechanismAnalysis(
+        contrasts=contrasts, verdict=verdict, inputs=_inputs(results, hypothesis)
+    )
 
 
 def _inputs(results: AggregatedResults, hypothesis: HypothesisConfig) -> dict[str, object]:
@@ -89,6 +96,6 @@ def _inputs(results: AggregatedResults, hypothesis: HypothesisConfig) -> dict[st
         "failures": [f.model_dump() for f in results.failures],
         "hypothesis": hypothesis.model_dump(mode="json"),
         "decision_test": "seed-level one-sided paired t-test (scipy.stats.ttest_rel), Holm-adjusted over "
-                         "per_layer_vs_probe and per_layer_vs_per_layer_shuffled",
+        "per_layer_vs_probe and per_layer_vs_per_layer_shuffled",
         "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "rng_seed": BOOTSTRAP_SEED},
     }

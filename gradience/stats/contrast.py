@@ -61,7 +61,9 @@ def _unpaired_notes(results: AggregatedResults, a: str, b: str, paired: Sequence
                 notes.append(f"seed {seed} left out of {a} vs {b}: only {variant} finished{why}")
     for seed in results.seeds:
         if str(seed) not in results.variants[a].runs and str(seed) not in results.variants[b].runs:
-            errors = [f"{v}: {failures[(str(seed), v)]}" for v in (a, b) if (str(seed), v) in failures]
+            errors = [
+                f"{v}: {failures[(str(seed), v)]}" for v in (a, b) if (str(seed), v) in failures
+            ]
             why = f" ({'; '.join(errors)})" if errors else ""
             notes.append(f"seed {seed} left out of {a} vs {b}: neither variant finished{why}")
     return notes
@@ -72,11 +74,27 @@ def missing_contrast(a: str, b: str, missing: Sequence[str]) -> Contrast:
     reason = f"variant(s) {', '.join(missing)} not in the results"
     undefined = TestStat(statistic=None, p=None, reason=reason)
     return Contrast(
-        a=a, b=b, n_seeds=0, mean_diff=None, ci95=None, paired_t=undefined, welch_t=undefined,
-        cohens_d=None, cohens_dz=None, holm_p=None,
-        item_level=ItemLevel(mcnemar={}, pooled=PooledItemTest(
-            method=bootstrap_method(BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED), p=None, ci95=None, reason=reason)),
-        seeds_for_80pct_power=None, notes=[reason],
+        a=a,
+        b=b,
+        n_seeds=0,
+        mean_diff=None,
+        ci95=None,
+        paired_t=undefined,
+        welch_t=undefined,
+        cohens_d=None,
+        cohens_dz=None,
+        holm_p=None,
+        item_level=ItemLevel(
+            mcnemar={},
+            pooled=PooledItemTest(
+                method=bootstrap_method(BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED),
+                p=None,
+                ci95=None,
+                reason=reason,
+            ),
+        ),
+        seeds_for_80pct_power=None,
+        notes=[reason],
     )
 
 
@@ -102,21 +120,40 @@ def compare(
     d, dz = cohens_d(scores_a, scores_b), cohens_dz(scores_a, scores_b)
     needed = seeds_for_power(dz.value, alpha, power)
     notes = _unpaired_notes(results, a, b, seeds)
-    notes += [f"{name}: {r}" for name, r in (("ci95", diff.reason), ("cohens_d", d.reason),
-                                             ("cohens_dz", dz.reason), ("power", needed.reason)) if r]
+    notes += [
+        f"{name}: {r}"
+        for name, r in (
+            ("ci95", diff.reason),
+            ("cohens_d", d.reason),
+            ("cohens_dz", dz.reason),
+            ("power", needed.reason),
+        )
+        if r
+    ]
     contrast = Contrast(
-        a=a, b=b, n_seeds=len(seeds), mean_diff=diff.mean, ci95=diff.ci95,
+        a=a,
+        b=b,
+        n_seeds=len(seeds),
+        mean_diff=diff.mean,
+        ci95=diff.ci95,
         paired_t=_test_stat(paired_t(scores_a, scores_b)),
         welch_t=_test_stat(welch_t(scores_a, scores_b)),
-        cohens_d=d.value, cohens_dz=dz.value, holm_p=None,
+        cohens_d=d.value,
+        cohens_dz=dz.value,
+        holm_p=None,
         item_level=_item_level(results, a, b, seeds, metric),
-        seeds_for_80pct_power=needed.n, notes=notes,
+        seeds_for_80pct_power=needed.n,
+        notes=notes,
         seeds=[int(s) if s.lstrip("-").isdigit() else s for s in seeds],
-        values_a=scores_a, values_b=scores_b, sd_diff=diff.sd,
+        values_a=scores_a,
+        values_b=scores_b,
+        sd_diff=diff.sd,
     )
     if seeds and all(m.b + m.c == 0 for m in contrast.item_level.mcnemar.values()):
-        contrast.notes.append(f"{a} and {b} are right on exactly the same items in every paired seed: "
-                              "check that they really trained different ranks (and learned anything)")
+        contrast.notes.append(
+            f"{a} and {b} are right on exactly the same items in every paired seed: "
+            "check that they really trained different ranks (and learned anything)"
+        )
     if threshold is not None:
         _add_threshold_power(contrast, threshold, alpha, power)
     return contrast
@@ -129,7 +166,9 @@ def _add_threshold_power(contrast: Contrast, threshold: float, alpha: float, pow
     contrast.seeds_for_80pct_power_at_threshold = None
     sd = contrast.sd_diff
     if not sd or threshold <= 0:
-        contrast.notes.append("power at the threshold: needs a positive sd of the paired differences")
+        contrast.notes.append(
+            "power at the threshold: needs a positive sd of the paired differences"
+        )
         return
     dz_threshold = threshold / sd
     if contrast.n_seeds >= 2:
@@ -140,7 +179,9 @@ def _add_threshold_power(contrast: Contrast, threshold: float, alpha: float, pow
         contrast.notes.append(f"power at the threshold: {needed.reason}")
 
 
-def _item_level(results: AggregatedResults, a: str, b: str, seeds: Sequence[str], metric: str) -> ItemLevel:
+def _item_level(
+    results: AggregatedResults, a: str, b: str, seeds: Sequence[str], metric: str
+) -> ItemLevel:
     runs_a, runs_b = results.variants[a].runs, results.variants[b].runs
     mcnemar: dict[str, McNemar] = {}
     diffs = []
@@ -154,8 +195,15 @@ def _item_level(results: AggregatedResults, a: str, b: str, seeds: Sequence[str]
     if metric != "exact_match":
         extra = f"item correctness is exact_match's; the seed-level metric is {metric}"
         reason = f"{reason}; {extra}" if reason else extra
-    pooled = PooledItemTest(method=boot.method, p=boot.p, ci95=boot.ci95, reason=reason,
-                            estimate=boot.estimate, resamples=boot.resamples, rng_seed=boot.rng_seed)
+    pooled = PooledItemTest(
+        method=boot.method,
+        p=boot.p,
+        ci95=boot.ci95,
+        reason=reason,
+        estimate=boot.estimate,
+        resamples=boot.resamples,
+        rng_seed=boot.rng_seed,
+    )
     return ItemLevel(mcnemar=mcnemar, pooled=pooled)
 
 

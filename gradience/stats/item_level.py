@@ -79,7 +79,9 @@ def mcnemar_exact(a_correct: Sequence[int], b_correct: Sequence[int]) -> McNemar
     c = int(np.sum((a_arr == 0) & (b_arr == 1)))
     if b + c == 0:
         return McNemarResult(0, 0, 1.0)  # no discordant item: no evidence either way
-    return McNemarResult(b, c, float(stats.binomtest(b, b + c, 0.5, alternative="two-sided").pvalue))
+    return McNemarResult(
+        b, c, float(stats.binomtest(b, b + c, 0.5, alternative="two-sided").pvalue)
+    )
 
 
 def bootstrap_method(resamples: int, rng_seed: int) -> str:
@@ -90,7 +92,9 @@ def bootstrap_method(resamples: int, rng_seed: int) -> str:
     )
 
 
-def _item_mean_draws(diffs: np.ndarray, size: tuple[int, ...], rng: np.random.Generator) -> np.ndarray:
+def _item_mean_draws(
+    diffs: np.ndarray, size: tuple[int, ...], rng: np.random.Generator
+) -> np.ndarray:
     """Means of ``size`` independent with-replacement resamples of ``diffs`` (multinomial trick)."""
     values, counts = np.unique(diffs, return_counts=True)
     draws = rng.multinomial(diffs.size, counts / diffs.size, size=size)
@@ -115,7 +119,9 @@ def hierarchical_bootstrap(
     # draws[s, r, j]: replicate r, position j, filled from seed s; position j then picks its seed
     draws = np.stack([_item_mean_draws(d, (resamples, n_seeds), rng) for d in per_seed])
     picked = rng.integers(0, n_seeds, size=(resamples, n_seeds))
-    replicates = draws[picked, np.arange(resamples)[:, None], np.arange(n_seeds)[None, :]].mean(axis=1)
+    replicates = draws[picked, np.arange(resamples)[:, None], np.arange(n_seeds)[None, :]].mean(
+        axis=1
+    )
     estimate = float(np.mean([d.mean() for d in per_seed]))
     low, high = np.percentile(replicates, [2.5, 97.5])
     # rounding: a true 0 summed from fractions of several seeds may land at ±1e-17
@@ -123,4 +129,6 @@ def hierarchical_bootstrap(
     reason = None
     if n_seeds == 1:
         reason = "one seed: the bootstrap resamples items only (no between-seed variance)"
-    return BootstrapResult(estimate, float(p), (float(low), float(high)), resamples, rng_seed, method, reason)
+    return BootstrapResult(
+        estimate, float(p), (float(low), float(high)), resamples, rng_seed, method, reason
+    )

@@ -39,8 +39,11 @@ def seeds_for_power(dz: float | None, alpha: float, power: float = 0.8) -> Seeds
     if dz is None or not math.isfinite(dz):
         return SeedsNeeded(None, "d_z is undefined")
     if dz <= 0:
-        return SeedsNeeded(None, f"d_z = {dz:.3g} is not in the hypothesised direction (A > B): "
-                           "no number of seeds gives power to show A > B")
+        return SeedsNeeded(
+            None,
+            f"d_z = {dz:.3g} is not in the hypothesised direction (A > B): "
+            "no number of seeds gives power to show A > B",
+        )
     if paired_t_power(dz, MAX_SEEDS, alpha) < power:
         return SeedsNeeded(None, f"d_z = {dz:.3g} is too small: more than {MAX_SEEDS} seeds needed")
     low, high = 2, MAX_SEEDS  # invariant: power(high) >= target

@@ -58,7 +58,9 @@ def _as_array(values: Sequence[float]) -> np.ndarray:
 def _check_paired(a: Sequence[float], b: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
     a_arr, b_arr = _as_array(a), _as_array(b)
     if a_arr.shape != b_arr.shape or a_arr.ndim != 1:
-        raise ValueError(f"paired samples must be 1-D and of equal length, got {a_arr.shape} and {b_arr.shape}")
+        raise ValueError(
+            f"paired samples must be 1-D and of equal length, got {a_arr.shape} and {b_arr.shape}"
+        )
     return a_arr, b_arr
 
 
@@ -83,8 +85,14 @@ def mean_diff(a: Sequence[float], b: Sequence[float], confidence: float = 0.95) 
         return MeanDiff(n, mean, None, None, "one seed: no variance, no interval")
     sd = _sd(diffs)
     if sd == 0.0:
-        return MeanDiff(n, mean, 0.0, None, "the paired differences are identical in every seed: "
-                        "zero variance, the t interval is undefined")
+        return MeanDiff(
+            n,
+            mean,
+            0.0,
+            None,
+            "the paired differences are identical in every seed: "
+            "zero variance, the t interval is undefined",
+        )
     half = float(stats.t.ppf(0.5 + confidence / 2, df=n - 1)) * sd / math.sqrt(n)
     return MeanDiff(n, mean, sd, (mean - half, mean + half))
 
@@ -104,8 +112,12 @@ def paired_t(a: Sequence[float], b: Sequence[float]) -> TTest:
     if n < 2:
         return TTest(None, None, None, f"{n} paired seed(s): a paired t-test needs at least 2")
     if _is_constant(a_arr - b_arr):
-        return TTest(None, None, float(n - 1), "the paired differences are identical in every seed: "
-                     "zero variance, t is undefined")
+        return TTest(
+            None,
+            None,
+            float(n - 1),
+            "the paired differences are identical in every seed: zero variance, t is undefined",
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         result = stats.ttest_rel(a_arr, b_arr, alternative="greater")
@@ -118,7 +130,9 @@ def welch_t(a: Sequence[float], b: Sequence[float]) -> TTest:
     if min(a_arr.size, b_arr.size) < 2:
         return TTest(None, None, None, "Welch's t-test needs at least 2 seeds per variant")
     if _is_constant(a_arr) and _is_constant(b_arr):
-        return TTest(None, None, None, "both variants have zero variance over seeds: t is undefined")
+        return TTest(
+            None, None, None, "both variants have zero variance over seeds: t is undefined"
+        )
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         result = stats.ttest_ind(a_arr, b_arr, equal_var=False, alternative="greater")
@@ -144,5 +158,7 @@ def cohens_dz(a: Sequence[float], b: Sequence[float]) -> Estimate:
         return Estimate(None, "d_z needs at least 2 paired seeds")
     sd = _sd(diffs)
     if sd == 0.0:
-        return Estimate(None, "the paired differences are identical in every seed: d_z is undefined")
+        return Estimate(
+            None, "the paired differences are identical in every seed: d_z is undefined"
+        )
     return Estimate(float(diffs.mean()) / sd)

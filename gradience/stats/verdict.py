@@ -65,27 +65,40 @@ def _ci(c: Contrast) -> str:
 
 
 def _summary(c: Contrast) -> str:
-    return (f"{c.a} - {c.b} = {_fmt(c.mean_diff)} over {c.n_seeds} seed(s), 95% CI {_ci(c)}, "
-            f"paired t p = {_fmt(c.paired_t.p, False)}, Holm p = {_fmt(c.holm_p, False)}")
+    return (
+        f"{c.a} - {c.b} = {_fmt(c.mean_diff)} over {c.n_seeds} seed(s), 95% CI {_ci(c)}, "
+        f"paired t p = {_fmt(c.paired_t.p, False)}, Holm p = {_fmt(c.holm_p, False)}"
+    )
 
 
 def _seeds_needed(c: Contrast, power: float) -> str:
     if c.seeds_for_80pct_power is not None:
-        return (f"{c.seeds_for_80pct_power} seeds needed for {power:.0%} power at the observed "
-                f"d_z = {c.cohens_dz:.2f}")
+        return (
+            f"{c.seeds_for_80pct_power} seeds needed for {power:.0%} power at the observed "
+            f"d_z = {c.cohens_dz:.2f}"
+        )
     return "seeds needed: undefined"
 
 
-def judge(c: Contrast | None, name: str, threshold: float, alpha: float, min_d: float | None,
-          power: float = 0.8) -> Judgement:
+def judge(
+    c: Contrast | None,
+    name: str,
+    threshold: float,
+    alpha: float,
+    min_d: float | None,
+    power: float = 0.8,
+) -> Judgement:
     """PASS / FAIL / UNDETERMINED for one contrast, with a sentence saying why (see module doc)."""
     if c is None or c.mean_diff is None:
         why = "; ".join(c.notes) if c is not None and c.notes else "no paired seeds"
         return Judgement(Outcome.UNDETERMINED, f"{name} undetermined: {why}")
     head = f"{name}: {_summary(c)}"
     if c.ci95 is not None and c.ci95[1] < threshold:
-        return Judgement(Outcome.FAIL, f"{name} FAILS: {_summary(c)}; the CI lies entirely below "
-                         f"the threshold {threshold:g}, so a benefit of that size is ruled out")
+        return Judgement(
+            Outcome.FAIL,
+            f"{name} FAILS: {_summary(c)}; the CI lies entirely below "
+            f"the threshold {threshold:g}, so a benefit of that size is ruled out",
+        )
     if c.holm_p is None:
         reason = c.paired_t.reason or "the Holm-adjusted p is undefined"
         reason += "".join(f"; {note}" for note in c.notes if "same items" in note)
@@ -97,23 +110,41 @@ def judge(c: Contrast | None, name: str, threshold: float, alpha: float, min_d: 
             d_text = "" if min_d is None else f", Cohen's d = {c.cohens_d:.2f} > {min_d:g}"
             one_sided = ""
             if c.ci95 is not None and c.ci95[0] <= 0:
-                one_sided = (" (the test is one-sided at the Holm level; the two-sided 95% CI reaching "
-                             "0 corresponds to a one-sided 2.5% level)")
-            return Judgement(Outcome.PASS, f"{name} PASSES: {_summary(c)}; above the threshold "
-                             f"{threshold:g} and significant at {alpha:g}{d_text}{one_sided}")
-        return Judgement(Outcome.UNDETERMINED, f"{head}; significant and above the threshold, but "
-                         f"Cohen's d = {_fmt(c.cohens_d, False)} is not above {min_d:g}")
+                one_sided = (
+                    " (the test is one-sided at the Holm level; the two-sided 95% CI reaching "
+                    "0 corresponds to a one-sided 2.5% level)"
+                )
+            return Judgement(
+                Outcome.PASS,
+                f"{name} PASSES: {_summary(c)}; above the threshold "
+                f"{threshold:g} and significant at {alpha:g}{d_text}{one_sided}",
+            )
+        return Judgement(
+            Outcome.UNDETERMINED,
+            f"{head}; significant and above the threshold, but "
+            f"Cohen's d = {_fmt(c.cohens_d, False)} is not above {min_d:g}",
+        )
     if above:
-        return Judgement(Outcome.UNDETERMINED, f"{head}; effect above the threshold {threshold:g} but "
-                         f"not significant at {alpha:g}: underpowered, {_seeds_needed(c, power)}")
-    return Judgement(Outcome.UNDETERMINED, f"{head}; the effect is not above the threshold "
-                     f"{threshold:g}, but the CI still includes it: a benefit of that size is not "
-                     f"ruled out{_threshold_seeds(c, power)}")
+        return Judgement(
+            Outcome.UNDETERMINED,
+            f"{head}; effect above the threshold {threshold:g} but "
+            f"not significant at {alpha:g}: underpowered, {_seeds_needed(c, power)}",
+        )
+    return Judgement(
+        Outcome.UNDETERMINED,
+        f"{head}; the effect is not above the threshold "
+        f"{threshold:g}, but the CI still includes it: a benefit of that size is not "
+        f"ruled out{_threshold_seeds(c, power)}",
+    )
 
 
 def _threshold_seeds(c: Contrast, power: float) -> str:
     n = c.seeds_for_80pct_power_at_threshold
-    return "" if n is None else f" ({n} seeds give {power:.0%} power for a true difference at the threshold)"
+    return (
+        ""
+        if n is None
+        else f" ({n} seeds give {power:.0%} power for a true difference at the threshold)"
+    )
 
 
 def _item_disagreement(c: Contrast | None, name: str, alpha: float) -> str | None:
@@ -124,14 +155,20 @@ def _item_disagreement(c: Contrast | None, name: str, alpha: float) -> str | Non
     if seed_sig == item_sig:
         return None
     pooled = c.item_level.pooled
-    text = (f"{name}: the item-level pooled bootstrap (p = {pooled.p:.4g}) and the seed-level paired t "
-            f"(Holm p = {c.holm_p:.4g}) disagree at {alpha:g}. ")
+    text = (
+        f"{name}: the item-level pooled bootstrap (p = {pooled.p:.4g}) and the seed-level paired t "
+        f"(Holm p = {c.holm_p:.4g}) disagree at {alpha:g}. "
+    )
     if item_sig:
-        return text + (f"The difference is larger than the item-sampling noise within these runs, but "
-                       f"with {c.n_seeds} seed(s) it is not shown to replicate across training runs; "
-                       "seeds are the unit of replication, so the seed-level test decides.")
-    return text + ("The shift is consistent across seeds, but small next to the sampling noise of the "
-                   "eval items (and the bootstrap counts item noise twice); the seed-level test decides.")
+        return text + (
+            f"The difference is larger than the item-sampling noise within these runs, but "
+            f"with {c.n_seeds} seed(s) it is not shown to replicate across training runs; "
+            "seeds are the unit of replication, so the seed-level test decides."
+        )
+    return text + (
+        "The shift is consistent across seeds, but small next to the sampling noise of the "
+        "eval items (and the bootstrap counts item noise twice); the seed-level test decides."
+    )
 
 
 _LABELS = {
@@ -144,16 +181,24 @@ _LABELS = {
 _CONCLUSIONS = {
     "real_mechanism": "Audit-guided placement helps beyond its rank multiset, and per-layer ranks beat the probe.",
     "heterogeneity_only": "Per-layer ranks beat the probe, but placing the same ranks at random does as well: "
-                          "the audit's placement is not what helps.",
+    "the audit's placement is not what helps.",
     "no_benefit": "Per-layer ranks do not beat the probe by the compression threshold on this task/model.",
 }
 
 
-def decide(efficacy: Contrast | None, mechanism: Contrast | None, hypothesis: HypothesisConfig) -> Verdict:
+def decide(
+    efficacy: Contrast | None, mechanism: Contrast | None, hypothesis: HypothesisConfig
+) -> Verdict:
     """Apply the decision rule of the module docstring to the two primary contrasts."""
     alpha = hypothesis.alpha
-    e = judge(efficacy, "compression efficacy", hypothesis.compression_threshold, alpha,
-              hypothesis.min_effect_size, hypothesis.power)
+    e = judge(
+        efficacy,
+        "compression efficacy",
+        hypothesis.compression_threshold,
+        alpha,
+        hypothesis.min_effect_size,
+        hypothesis.power,
+    )
     m = judge(mechanism, "mechanism", hypothesis.mechanism_threshold, alpha, None, hypothesis.power)
     label = _LABELS.get((e.outcome, m.outcome), "inconclusive")
     if label == "inconclusive":
@@ -161,20 +206,34 @@ def decide(efficacy: Contrast | None, mechanism: Contrast | None, hypothesis: Hy
     else:
         lead = _CONCLUSIONS[label]
     reasons = [lead, e.reason, m.reason]
-    reasons += [r for r in (_item_disagreement(efficacy, "compression efficacy", alpha),
-                            _item_disagreement(mechanism, "mechanism", alpha)) if r]
+    reasons += [
+        r
+        for r in (
+            _item_disagreement(efficacy, "compression efficacy", alpha),
+            _item_disagreement(mechanism, "mechanism", alpha),
+        )
+        if r
+    ]
     if efficacy is not None and efficacy.ci95 is not None and efficacy.ci95[1] < 0:
-        reasons.append("per_layer is worse than the probe (the 95% CI of the difference lies below 0): "
-                       "compressing to the audited ranks costs accuracy.")
+        reasons.append(
+            "per_layer is worse than the probe (the 95% CI of the difference lies below 0): "
+            "compressing to the audited ranks costs accuracy."
+        )
     if mechanism is not None and mechanism.ci95 is not None and mechanism.ci95[1] < 0:
-        reasons.append("per_layer_shuffled beats per_layer (the 95% CI of the difference lies below 0): "
-                       "the audit's placement is worse than random placement.")
+        reasons.append(
+            "per_layer_shuffled beats per_layer (the 95% CI of the difference lies below 0): "
+            "the audit's placement is worse than random placement."
+        )
     return Verdict(label=label, reasons=reasons)
 
 
 def _inconclusive_lead(e: Outcome, m: Outcome) -> str:
     if e is Outcome.FAIL and m is Outcome.PASS:
-        return ("Inconclusive: no seed scenario fits. Placement matters (per_layer beats per_layer_shuffled) "
-                "but per_layer does not beat the probe by the compression threshold.")
-    undetermined = [n for n, o in (("compression efficacy", e), ("mechanism", m)) if o is Outcome.UNDETERMINED]
+        return (
+            "Inconclusive: no seed scenario fits. Placement matters (per_layer beats per_layer_shuffled) "
+            "but per_layer does not beat the probe by the compression threshold."
+        )
+    undetermined = [
+        n for n, o in (("compression efficacy", e), ("mechanism", m)) if o is Outcome.UNDETERMINED
+    ]
     return f"Inconclusive: {' and '.join(undetermined)} cannot be decided from these data."
