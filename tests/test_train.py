@@ -19,7 +19,14 @@ from gradience.tasks import build_completion, build_prompt, load_task
 from gradience.train.data import IGNORE_INDEX, CompletionCollator, encode_examples
 from gradience.train.run import train_variant
 
-torch.set_num_threads(2)
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """One thread: a 1 M-parameter model gains nothing from more, and loses a lot on a busy machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 def tiny_config(**train: object) -> ExperimentConfig:
@@ -45,7 +52,7 @@ def tiny_config(**train: object) -> ExperimentConfig:
             },
             "lora": {"probe_r": 4, "lora_alpha": 8},
             "compression": {"allowed_ranks": [1, 2, 4]},
-            "env": {"device": "cpu", "torch_dtype": "float32", "num_threads": 2},
+            "env": {"device": "cpu", "torch_dtype": "float32", "num_threads": 1},
         }
     )
 
@@ -244,3 +251,17 @@ def test_checkpoint_of_another_run_is_not_resumed(tmp_path, task_data):
     assert (tmp_path / "checkpoints" / "checkpoint-1").is_dir()
     other_seed = train_variant(cfg, None, 6, tmp_path, task_data=task_data, progress=lambda e: None)
     assert other_seed.resumed_from is None and other_seed.steps == 2
+
+
+def test_same_seed_gives_identical_predictions(paired_runs, tmp_path, task_data):
+    from gradience.evaluate import evaluate_adapter
+
+    cfg = tiny_config(**PAIRED_CONFIG)
+    texts = {}
+    for name in ("a", "b"):
+        result = evaluate_adapter(
+            cfg, paired_runs[name]["dir"], tmp_path / name, task_data=task_data
+        )
+        assert result.adapter == str(paired_runs[name]["dir"] / "adapter")
+        texts[name] = (tmp_path / name / "predictions.jsonl").read_text()
+    assert texts["a"] == texts["b"] and len(texts["a"].splitlines()) == len(task_data.eval)

@@ -43,20 +43,41 @@ def register(commands: argparse._SubParsersAction) -> None:
     evaluate.set_defaults(handler=run_eval)
 
 
-def run_train(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
+class LazyBar:
+    """A tqdm bar opened at the first progress event, so a setup error prints only itself."""
 
+    def __init__(self, **options: object):
+        self.options = options
+        self.bar = None
+
+    def advance_to(self, done: int, total: int, **postfix: str) -> None:
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, **self.options)
+        self.bar.update(done - self.bar.n)
+        if postfix:
+            self.bar.set_postfix(**postfix)
+
+    def __enter__(self) -> LazyBar:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+
+def run_train(args: argparse.Namespace) -> int:
     from gradience.config import load_config
     from gradience.train.run import train_variant
 
     cfg = load_config(args.config)
     ranks, source = _read_ranks(args, cfg.lora.probe_r)
     seed = args.seed if args.seed is not None else cfg.train.seeds[0]
-    with tqdm(total=cfg.train.max_steps, desc=f"train seed {seed}", unit="step") as bar:
+    with LazyBar(desc=f"train seed {seed}", unit="step") as bar:
 
         def progress(event: dict) -> None:
-            bar.update(event["step"] - bar.n)
-            bar.set_postfix(loss=f"{event['loss']:.4f}")
+            bar.advance_to(event["step"], event["max_steps"], loss=f"{event['loss']:.4f}")
 
         result = train_variant(
             cfg, ranks, seed, args.output, variant=args.variant, progress=progress, ranks_source=source
@@ -90,17 +111,14 @@ def _read_ranks(args: argparse.Namespace, probe_r: int) -> tuple[dict[str, int] 
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     from gradience.config import load_config
     from gradience.evaluate.run import evaluate_adapter
 
     cfg = load_config(args.config)
-    with tqdm(desc="eval", unit="item") as bar:
+    with LazyBar(desc="eval", unit="item") as bar:
 
         def progress(event: dict) -> None:
-            bar.total = event["total"]
-            bar.update(event["done"] - bar.n)
+            bar.advance_to(event["done"], event["total"])
 
         result = evaluate_adapter(cfg, args.adapter, args.output, progress=progress)
     correct = round(result.exact_match * result.n_items)
