@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Run the mechanism test end to end: checks, the experiment, the statistical analysis.
+#
+#   ./experiments/run_mechanism_test.sh [CONFIG]      (default: experiments/mechanism_test_config.yaml)
+#
+# 1. checks up front, each with what to do: gradience importable; a CUDA GPU where the config
+#    needs one; the base model reachable (Hugging Face login / cache / HF_HUB_OFFLINE);
+# 2. `gradience mechanism run --config CONFIG` (rerunning resumes: finished jobs are kept);
+# 3. `python experiments/analyze_mechanism_test.py RUN/aggregated_results.json`.
+# Uses .venv/bin/python when a .venv exists here, else python3 from PATH.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+CONFIG="${1:-experiments/mechanism_test_config.yaml}"
+if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON="$(command -v python3 || true)"; fi
+
+say() { printf '==> %s\n' "$*"; }
+die() { printf 'error: %s\n' "$*" >&2; exit "${2:-1}"; }
+
+[[ -n "$PYTHON" ]] || die "no python3 on PATH and no .venv here: run 'make setup'"
+[[ -f "$CONFIG" ]] || die "config not found: $CONFIG"
+"$PYTHON" -c "import gradience" 2>/dev/null \
+  || die "gradience is not importable with $PYTHON: run 'make setup' (or: pip install -e '.[hf,bench]')"
+
+say "checking $CONFIG"
+set +e
+RUN_DIR="$("$PYTHON" -m gradience.experiment.preflight "$CONFIG")"
+status=$?
+set -e
+case $status in
+  0) ;;
+  2) die "fix the config above and rerun" 2 ;;
+  *) die "a check above failed; fix it and rerun (finished jobs of an earlier run are kept)" 3 ;;
+esac
+
+say "running the experiment into $RUN_DIR"
+set +e
+"$PYTHON" -m gradience mechanism run --config "$CONFIG"
+run_status=$?
+set -e
+[[ -f "$RUN_DIR/aggregated_results.json" ]] || die "no results written (exit code $run_status)" "$run_status"
+if [[ $run_status -ne 0 ]]; then
+  say "some jobs failed or a seed was gated (see above); analysing what finished"
+fi
+
+say "analysing $RUN_DIR/aggregated_results.json"
+"$PYTHON" experiments/analyze_mechanism_test.py "$RUN_DIR/aggregated_results.json"
+
+say "report: $RUN_DIR/report.md"
+say "status of every job: $PYTHON -m gradience mechanism status $RUN_DIR"
+exit "$run_status"

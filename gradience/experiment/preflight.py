@@ -1,0 +1,142 @@
+"""Checks before a long run: is there a GPU where the config needs one, can the model be loaded?
+
+Used by ``experiments/run_mechanism_test.sh`` (``python -m gradience.experiment.preflight
+CONFIG``) so that a 6-hour run does not die after its first minute for want of a login. Every
+problem comes with what to do about it. Prints the run folder as the last stdout line.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+from gradience.config import ExperimentConfig, load_config
+from gradience.errors import GradienceError
+
+CPU_CONFIG = "experiments/configs/cpu_demo.yaml"
+
+
+@dataclass(frozen=True)
+class Check:
+    level: Literal["ok", "warn", "error"]
+    message: str
+
+
+def is_embedded(cfg: ExperimentConfig) -> bool:
+    return cfg.model.name.startswith("embedded:")
+
+
+def device_check(cfg: ExperimentConfig, cuda_available: bool, mps_available: bool = False) -> Check:
+    """A GPU config on a machine without CUDA stops here, unless env.device says cpu."""
+    device, model = cfg.env.device, cfg.model.name
+    if device == "cpu":
+        return Check("ok", "device: cpu (env.device)")
+    if device == "mps":
+        if mps_available:
+            return Check("ok", "device: mps")
+        return Check("error", "env.device is 'mps' but MPS is not available; set env.device: cpu")
+    if cuda_available:
+        return Check("ok", "device: CUDA")
+    if device == "cuda":
+        return Check(
+            "error",
+            "env.device is 'cuda' but torch sees no CUDA device: install a CUDA build of torch "
+            '(make setup TORCH_INDEX="--index-url https://download.pytorch.org/whl/cu124"), '
+            f"or run the CPU demo: {CPU_CONFIG}",
+        )
+    if is_embedded(cfg):
+        return Check("ok", "device: cpu (no CUDA; fine for the embedded model)")
+    return Check(
+        "error",
+        f"no CUDA GPU, and {model} is meant for one (the flagship run takes 6-8 GPU-hours). On a "
+        f"CPU run {CPU_CONFIG}, or set env.device: cpu in the config to force this one.",
+    )
+
+
+def offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in ("1", "true", "yes", "on")
+
+
+def model_access_check(cfg: ExperimentConfig) -> Check:
+    """Embedded or local models are fine; a hub model must be cached, or reachable with access."""
+    name = cfg.model.name
+    if is_embedded(cfg):
+        return Check("ok", f"model: {name} (built in, no download)")
+    if Path(name).expanduser().is_dir():
+        return Check("ok", f"model: local folder {name}")
+    return hub_access_check(name, cfg.model.revision)
+
+
+def hub_access_check(repo_id: str, revision: str | None) -> Check:
+    from huggingface_hub import auth_check, get_token, try_to_load_from_cache
+    from huggingface_hub.errors import GatedRepoError, RepositoryNotFoundError
+
+    cached = isinstance(try_to_load_from_cache(repo_id, "config.json", revision=revision), str)
+    if offline():
+        if cached:
+            return Check("ok", f"model: {repo_id} from the local cache (HF_HUB_OFFLINE)")
+        return Check(
+            "error",
+            f"HF_HUB_OFFLINE is set but {repo_id} is not in the Hugging Face cache: unset "
+            "HF_HUB_OFFLINE to download it, or set model.name to a local folder",
+        )
+    login = "run `huggingface-cli login` (or set HF_TOKEN)"
+    try:
+        auth_check(repo_id, token=get_token())
+    except GatedRepoError:
+        return Check(
+            "error",
+            f"{repo_id} is gated: accept its license at https://huggingface.co/{repo_id}, then {login}",
+        )
+    except RepositoryNotFoundError:
+        return Check(
+            "error", f"{repo_id} is not on the Hub or is private: check model.name, or {login}"
+        )
+    except Exception as error:  # noqa: BLE001 - any network failure gets the same advice
+        if cached:
+            return Check(
+                "warn",
+                f"Hub unreachable ({type(error).__name__}); the cached {repo_id} will be used: set HF_HUB_OFFLINE=1 to skip the Hub",
+            )
+        return Check(
+            "error",
+            f"cannot reach the Hugging Face Hub for {repo_id} ({type(error).__name__}): check the "
+            "network; if the model is already cached, set HF_HUB_OFFLINE=1",
+        )
+    return Check("ok", f"model: {repo_id} accessible on the Hub")
+
+
+def preflight(cfg: ExperimentConfig) -> list[Check]:
+    import torch
+
+    mps = getattr(torch.backends, "mps", None)
+    return [
+        device_check(cfg, torch.cuda.is_available(), bool(mps and mps.is_available())),
+        model_access_check(cfg),
+    ]
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``CONFIG``: print each check to stderr, the run folder to stdout; 0 ok, 2 bad config, 3 blocked."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    if len(args) != 1:
+        print("usage: python -m gradience.experiment.preflight CONFIG", file=sys.stderr)
+        return 2
+    try:
+        cfg = load_config(args[0])
+    except GradienceError as error:
+        print(f"gradience: error: {error}", file=sys.stderr)
+        return 2
+    checks = preflight(cfg)
+    for check in checks:
+        print(f"[{check.level}] {check.message}", file=sys.stderr)
+    print(Path(cfg.env.output_base_dir))
+    return 3 if any(check.level == "error" for check in checks) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
