@@ -284,6 +284,10 @@ def test_probe_gate_stops_the_seed_before_any_variant_trains(tmp_path: Path, cap
     results = read_model(run_dir / "aggregated_results.json", AggregatedResults)
     assert {f.variant for f in results.failures} == {"probe", "per_layer"}
     assert all(not v.runs for v in results.variants.values())
+    assert main(["mechanism", "status", str(run_dir)]) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if "seed_42/" in line]
+    assert any("seed_42/probe" in row and "done" in row for row in rows)
+    assert any("seed_42/per_layer" in row and "gated" in row for row in rows)
 
 
 def test_ray_executor_matches_the_local_executor(local_run, tmp_path: Path) -> None:
