@@ -98,7 +98,9 @@ def train_variant(
         trainer.remove_callback(PrinterCallback)  # it would print every log dict to stdout
     if cfg.train.save_steps is not None:
         write_json_atomic(checkpoint_dir / _RUN_MARKER, run_id)
+    loop_started = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume)
+    train_loop_s = time.perf_counter() - loop_started
     eval_loss = float(trainer.evaluate()["eval_loss"])
 
     adapter_dir = save_adapter(peft_model, output_dir / ADAPTER_DIR)
@@ -125,6 +127,7 @@ def train_variant(
         lora_alpha=cfg.lora.lora_alpha,
         use_rslora=cfg.lora.alpha_policy == "rslora",
         resumed_from=resume,
+        train_loop_s=train_loop_s,
         adapter_dir=str(adapter_dir),
     )
     write_model(output_dir / "train_result.json", result)
