@@ -128,7 +128,8 @@ def train_eval_job(
         phases_done=list(clock.record.phases_done),
     )
     try:
-        if "train" not in clock.record.phases_done or not (folder / "train_result.json").is_file():
+        trained = (folder / "train_result.json").is_file() and (folder / ADAPTER_WEIGHTS).is_file()
+        if "train" not in clock.record.phases_done or not trained:
             train(ctx, seed, variant, ranks, folder, task_data, reporter(clock, sink, "train"))
             clock.phase_done("train")
         result = evaluate(ctx, folder, task_data, reporter(clock, sink, "eval"))
