@@ -119,7 +119,7 @@ def mixed_ranks(cfg: ExperimentConfig) -> dict[str, int]:
     return {n: (4, 1, 2)[i % 3] for i, n in enumerate(names)}
 
 
-PAIRED_CONFIG = {"max_steps": 4, "gradient_accumulation_steps": 2, "save_steps": 2}
+PAIRED_CONFIG = {"max_steps": 4, "gradient_accumulation_steps": 2, "save_steps": 2, "eval_steps": 2}
 
 
 @pytest.fixture(scope="module")
@@ -193,6 +193,8 @@ def test_train_result_and_adapter_record_the_intent(paired_runs):
         "max_steps"
     ] == 4
     assert result.loss_last == result.loss_curve[-1][1]
+    assert [step for step, _ in result.eval_loss_curve] == [2, 4]
+    assert result.eval_loss == pytest.approx(result.eval_loss_curve[-1][1], rel=1e-5)
     assert result.loss_min == min(v for _, v in result.loss_curve)
     assert {"torch", "transformers", "peft"} <= set(result.versions)
     assert (
@@ -265,3 +267,19 @@ def test_same_seed_gives_identical_predictions(paired_runs, tmp_path, task_data)
         assert result.adapter == str(paired_runs[name]["dir"] / "adapter")
         texts[name] = (tmp_path / name / "predictions.jsonl").read_text()
     assert texts["a"] == texts["b"] and len(texts["a"].splitlines()) == len(task_data.eval)
+
+
+def test_gradient_checkpointing_is_on_and_still_trains_the_adapter(tmp_path, task_data):
+    loaded = []
+
+    def loader(cfg):
+        model, tokenizer = load_model_and_tokenizer(cfg)
+        loaded.append(model)
+        return model, tokenizer
+
+    cfg = tiny_config(max_steps=2, gradient_checkpointing=True)
+    result = train_variant(cfg, 2, 1, tmp_path, task_data=task_data, model_loader=loader, progress=lambda e: None)
+    assert loaded[0].is_gradient_checkpointing
+    lora_b = [t for key, t in adapter_tensors(tmp_path).items() if "lora_B" in key]
+    assert result.steps == 2 and len(lora_b) == len(result.ranks)
+    assert all(t.abs().sum() > 0 for t in lora_b)  # B starts at 0: every module got gradients

@@ -101,7 +101,7 @@ def train_variant(
     loop_started = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume)
     train_loop_s = time.perf_counter() - loop_started
-    eval_loss = float(trainer.evaluate()["eval_loss"])
+    eval_loss = final_eval_loss(trainer, recorder)
 
     adapter_dir = save_adapter(peft_model, output_dir / ADAPTER_DIR)
     result = TrainResult(
@@ -133,6 +133,13 @@ def train_variant(
     write_model(output_dir / "train_result.json", result)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the finished adapter supersedes them
     return result
+
+
+def final_eval_loss(trainer: Any, recorder: LossRecorder) -> float:
+    """Held-out loss after the last step (reused when the periodic eval just computed it)."""
+    if recorder.eval_curve and recorder.eval_curve[-1][0] == trainer.state.global_step:
+        return recorder.eval_curve[-1][1]
+    return float(trainer.evaluate()["eval_loss"])
 
 
 def resolve_ranks(model: PreTrainedModel, ranks: Mapping[str, int] | int | None, cfg: ExperimentConfig) -> dict[str, int]:
@@ -198,7 +205,7 @@ def _checkpointing_arguments(enabled: bool) -> dict[str, Any]:
 
     names = {f.name for f in dataclasses.fields(TrainingArguments)}
     prefix = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
-    # non-reentrant: the frozen embeddings give the reentrant variant no input that needs grad
+    # non-reentrant: PyTorch's recommended variant; it needs no input that requires grad
     return {prefix: enabled, f"{prefix}_kwargs": {"use_reentrant": False} if enabled else None}
 
 
