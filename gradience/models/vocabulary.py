@@ -34,12 +34,14 @@ def pieces(text: str) -> list[str]:
 
 
 def build_vocabulary(texts: Iterable[str]) -> list[str]:
-    """Special tokens, then every digit/punctuation piece with and without a leading space,
-    whitespace, then every piece seen in ``texts``; sorted within groups, no duplicates."""
+    """Special tokens, then digits and punctuation, then every piece seen in ``texts``; each
+    with and without a leading space; sorted within groups, no duplicates."""
     base = set(_BASE_PIECES) | {" " + piece for piece in _BASE_PIECES} | {" ", "\n"}
     seen: set[str] = set()
     for text in texts:
-        seen.update(pieces(text))
+        # A word may start a sentence in one text and follow a space in another: keep both forms.
+        for piece in pieces(text):
+            seen.update({piece.lstrip(" "), " " + piece.lstrip(" ")} if piece.strip() else {piece})
     ordered = list(SPECIAL_TOKENS) + sorted(base) + sorted(seen - base)
     return list(dict.fromkeys(ordered))
 

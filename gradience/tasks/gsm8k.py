@@ -16,7 +16,7 @@ Pure functions, no I/O; loading GSM8K data lives in :mod:`gradience.tasks.gsm8k_
 from __future__ import annotations
 
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 
 ANSWER_MARKER = "####"
 
@@ -36,22 +36,17 @@ def normalize_number(text: str) -> str | None:
     ``"1234.5"``, ``"-7"``, ``"25"``, ``"5"``, ``"18"``. Anything else (words, two numbers,
     an empty string) gives None.
     """
-    cleaned = text.strip().replace(",", "").replace("$", "").replace("%", "").replace("−", "-")
-    cleaned = cleaned.replace(" ", "").rstrip(".")
-    if not re.fullmatch(r"[-+]?(\d+(\.\d*)?|\.\d+)", cleaned):
+    cleaned = text.strip().replace("−", "-").replace(",", "").replace("%", "")
+    match = re.fullmatch(r"([-+]?)\s*\$?\s*(\d+(?:\.\d*)?|\.\d+)", cleaned)
+    if match is None:
         return None
-    try:
-        value = Decimal(cleaned)
-    except InvalidOperation:
-        return None
-    return _canonical(value)
+    return _canonical(Decimal(match.group(1) + match.group(2)))
 
 
 def _canonical(value: Decimal) -> str:
     if value == value.to_integral_value():
         return str(int(value))
-    text = format(value.normalize(), "f")
-    return text
+    return format(value.normalize(), "f")
 
 
 def _numbers(text: str) -> list[str]:
