@@ -21,7 +21,9 @@ TARGET = 5.0
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--model", default="embedded:tiny-mistral", help="model name (embedded or hub/local)")
+    parser.add_argument(
+        "--model", default="embedded:tiny-mistral", help="model name (embedded or hub/local)"
+    )
     parser.add_argument("--items", type=int, default=64, help="eval items")
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--max-new-tokens", type=int, default=32)
@@ -40,7 +42,11 @@ def main() -> int:
     cfg = ExperimentConfig.model_validate(
         {
             "model": {"name": args.model},
-            "task": {"name": "arithmetic", "eval_samples": args.items, "generated_eval_size": max(args.items, 200)},
+            "task": {
+                "name": "arithmetic",
+                "eval_samples": args.items,
+                "generated_eval_size": max(args.items, 200),
+            },
             "lora": {"probe_r": 16},
             "compression": {"allowed_ranks": [16]},
             "env": {"device": "cpu", "torch_dtype": "float32", "num_threads": args.threads},
@@ -73,9 +79,13 @@ def main() -> int:
     tokens = sum(len(g.token_ids) for g in outputs[1])
     rate = {bs: tokens / statistics.median(t) for bs, t in times.items()}
     ratio = rate[args.batch_size] / rate[1]
-    print(f"model {args.model}, {len(prompts)} prompts, {tokens} generated tokens, {args.threads} thread(s)")
+    print(
+        f"model {args.model}, {len(prompts)} prompts, {tokens} generated tokens, {args.threads} thread(s)"
+    )
     for bs, t in times.items():
-        print(f"batch size {bs:>3}: {rate[bs]:9.1f} tokens/s (runs: {', '.join(f'{x:.2f}s' for x in t)})")
+        print(
+            f"batch size {bs:>3}: {rate[bs]:9.1f} tokens/s (runs: {', '.join(f'{x:.2f}s' for x in t)})"
+        )
     print(f"batched and one-by-one completions token-identical: {identical}")
     verdict = "PASS" if ratio >= TARGET and identical else "FAIL"
     print(

@@ -51,7 +51,9 @@ def experiment_config(args: argparse.Namespace):
 def gradience_loop_seconds(cfg, task_data, seed: int, workdir: Path) -> float:
     from gradience.train.run import train_variant
 
-    result = train_variant(cfg, None, seed, workdir, task_data=task_data, progress=lambda event: None)
+    result = train_variant(
+        cfg, None, seed, workdir, task_data=task_data, progress=lambda event: None
+    )
     return result.train_loop_s
 
 
@@ -65,7 +67,9 @@ def plain_loop_seconds(cfg, task_data, seed: int, workdir: Path) -> float:
 
     model, tokenizer = load_model_and_tokenizer(cfg)
     features = [
-        encode_example(tokenizer, build_prompt(cfg.task, e), build_completion(e), cfg.task.max_seq_length)
+        encode_example(
+            tokenizer, build_prompt(cfg.task, e), build_completion(e), cfg.task.max_seq_length
+        )
         for e in task_data.train
     ]
     set_seed(seed)
@@ -98,7 +102,9 @@ def plain_loop_seconds(cfg, task_data, seed: int, workdir: Path) -> float:
         remove_unused_columns=False,
     )
     collator = CompletionCollator(pad_token_id=tokenizer.pad_token_id)
-    trainer = Trainer(model=model, args=args, train_dataset=[f for f in features if f], data_collator=collator)
+    trainer = Trainer(
+        model=model, args=args, train_dataset=[f for f in features if f], data_collator=collator
+    )
     trainer.remove_callback(PrinterCallback)
     started = time.perf_counter()
     trainer.train()
@@ -133,10 +139,16 @@ def main() -> int:
                 if round_index > 0:
                     times[name].append(seconds / args.steps)
     step = {name: statistics.median(values) for name, values in times.items()}
-    ratio = statistics.median(g / p for g, p in zip(times["gradience"], times["plain"], strict=True))
-    print(f"model {args.model}, {args.steps} steps x batch {args.batch_size}, LoRA r={args.rank}, {args.threads} thread(s)")
+    ratio = statistics.median(
+        g / p for g, p in zip(times["gradience"], times["plain"], strict=True)
+    )
+    print(
+        f"model {args.model}, {args.steps} steps x batch {args.batch_size}, LoRA r={args.rank}, {args.threads} thread(s)"
+    )
     for name, values in times.items():
-        print(f"{name:>9}: {1000 * step[name]:7.1f} ms/step (runs: {', '.join(f'{1000 * v:.1f}' for v in values)})")
+        print(
+            f"{name:>9}: {1000 * step[name]:7.1f} ms/step (runs: {', '.join(f'{1000 * v:.1f}' for v in values)})"
+        )
     verdict = "PASS" if ratio <= TARGET else "FAIL"
     print(
         f"train_overhead: gradience {1000 * step['gradience']:.1f} ms/step vs plain PEFT+Trainer "

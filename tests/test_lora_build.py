@@ -99,7 +99,10 @@ def test_alpha_policies_give_their_scalings(policy, scale):
     for name, layer in lora_layers(peft_model).items():
         assert layer.scaling["default"] == pytest.approx(scale(ranks[name]), rel=1e-12)
     if policy == "constant_scale":
-        assert len({round(layer.scaling["default"], 12) for layer in lora_layers(peft_model).values()}) == 1
+        assert (
+            len({round(layer.scaling["default"], 12) for layer in lora_layers(peft_model).values()})
+            == 1
+        )
 
 
 def test_unknown_module_key_is_an_error_not_a_warning():
@@ -141,8 +144,12 @@ def test_verify_adapter_catches_a_rank_peft_silently_ignored():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         peft_model = get_peft_model(model, config)
-    lora = LoraSection(probe_r=8, lora_alpha=16, target_modules=["q_proj"], alpha_policy="fixed_alpha")
-    with pytest.raises(GradienceError, match=r"2 place\(s\): model.layers.1.self_attn.q_proj: lora_A \(2, 32\)"):
+    lora = LoraSection(
+        probe_r=8, lora_alpha=16, target_modules=["q_proj"], alpha_policy="fixed_alpha"
+    )
+    with pytest.raises(
+        GradienceError, match=r"2 place\(s\): model.layers.1.self_attn.q_proj: lora_A \(2, 32\)"
+    ):
         verify_adapter(peft_model, ranks, {n: 4 / r for n, r in ranks.items()})
     assert expected_scalings(ranks, lora) == {n: 16 / r for n, r in ranks.items()}
 

@@ -278,7 +278,9 @@ def test_gradient_checkpointing_is_on_and_still_trains_the_adapter(tmp_path, tas
         return model, tokenizer
 
     cfg = tiny_config(max_steps=2, gradient_checkpointing=True)
-    result = train_variant(cfg, 2, 1, tmp_path, task_data=task_data, model_loader=loader, progress=lambda e: None)
+    result = train_variant(
+        cfg, 2, 1, tmp_path, task_data=task_data, model_loader=loader, progress=lambda e: None
+    )
     assert loaded[0].is_gradient_checkpointing
     lora_b = [t for key, t in adapter_tensors(tmp_path).items() if "lora_B" in key]
     assert result.steps == 2 and len(lora_b) == len(result.ranks)

@@ -20,10 +20,16 @@ def register(commands: argparse._SubParsersAction) -> None:
         "not apply is an error). Writes OUTPUT/adapter/ (PEFT, safetensors) and "
         "OUTPUT/train_result.json; resumes from OUTPUT/checkpoints when env.resume_from_checkpoint.",
     )
-    train.add_argument("--config", required=True, type=Path, help="experiment YAML (see gradience/config.py)")
+    train.add_argument(
+        "--config", required=True, type=Path, help="experiment YAML (see gradience/config.py)"
+    )
     ranks = train.add_mutually_exclusive_group(required=True)
-    ranks.add_argument("--ranks", type=Path, help="rank pattern JSON written by `gradience suggest`")
-    ranks.add_argument("--uniform", type=int, metavar="R", help="the same rank R on every target module")
+    ranks.add_argument(
+        "--ranks", type=Path, help="rank pattern JSON written by `gradience suggest`"
+    )
+    ranks.add_argument(
+        "--uniform", type=int, metavar="R", help="the same rank R on every target module"
+    )
     train.add_argument("--seed", type=int, help="training seed (default: the first of train.seeds)")
     train.add_argument("--output", required=True, type=Path, help="output folder")
     train.add_argument("--variant", help="variant name recorded in train_result.json")
@@ -37,7 +43,9 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     evaluate.add_argument("--config", required=True, type=Path, help="experiment YAML")
     evaluate.add_argument(
-        "--adapter", type=Path, help="adapter folder, or a `gradience train` output; omit for the base model"
+        "--adapter",
+        type=Path,
+        help="adapter folder, or a `gradience train` output; omit for the base model",
     )
     evaluate.add_argument("--output", required=True, type=Path, help="output folder")
     evaluate.set_defaults(handler=run_eval)
@@ -80,12 +88,27 @@ def run_train(args: argparse.Namespace) -> int:
             bar.advance_to(event["step"], event["max_steps"], loss=f"{event['loss']:.4f}")
 
         result = train_variant(
-            cfg, ranks, seed, args.output, variant=args.variant, progress=progress, ranks_source=source
+            cfg,
+            ranks,
+            seed,
+            args.output,
+            variant=args.variant,
+            progress=progress,
+            ranks_source=source,
         )
-    loss = f"loss {result.loss_first:.4f} -> {result.loss_last:.4f}" if result.loss_first is not None else "no loss logged"
+    loss = (
+        f"loss {result.loss_first:.4f} -> {result.loss_last:.4f}"
+        if result.loss_first is not None
+        else "no loss logged"
+    )
     print(
         f"trained seed {seed}: {result.steps} steps, {loss}, {result.trainable_params:,} trainable params, "
         f"{result.wall_time_s:.1f} s -> {args.output / 'adapter'}"
+        + (
+            f" ({result.dropped_examples} over-long examples dropped)"
+            if result.dropped_examples
+            else ""
+        )
     )
     return 0
 

@@ -41,7 +41,9 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
-def _stop_criteria(tokenizer: PreTrainedTokenizerBase, stop_strings: Sequence[str], prompt_width: int) -> Any:
+def _stop_criteria(
+    tokenizer: PreTrainedTokenizerBase, stop_strings: Sequence[str], prompt_width: int
+) -> Any:
     """A per-row StoppingCriteria: True for rows whose new text contains a stop string."""
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList
@@ -49,7 +51,9 @@ def _stop_criteria(tokenizer: PreTrainedTokenizerBase, stop_strings: Sequence[st
     window = max(len(s) for s in stop_strings) + _STOP_WINDOW_SLACK
 
     class StopOnStrings(StoppingCriteria):
-        def __call__(self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any) -> torch.BoolTensor:
+        def __call__(
+            self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any
+        ) -> torch.BoolTensor:
             start = max(prompt_width, input_ids.shape[1] - window)
             tails = tokenizer.batch_decode(input_ids[:, start:], skip_special_tokens=True)
             done = [any(stop in tail for stop in stop_strings) for tail in tails]
@@ -109,17 +113,23 @@ def generate_completions(
     results: list[Generation | None] = [None] * len(prompts)
     device = next(model.parameters()).device
     for batch in length_sorted_batches([len(ids) for ids in encoded], batch_size):
-        padded = tokenizer.pad({"input_ids": [encoded[i] for i in batch]}, padding=True, return_tensors="pt")
+        padded = tokenizer.pad(
+            {"input_ids": [encoded[i] for i in batch]}, padding=True, return_tensors="pt"
+        )
         width = padded["input_ids"].shape[1]
         with torch.inference_mode():
             output = model.generate(
                 input_ids=padded["input_ids"].to(device),
                 attention_mask=padded["attention_mask"].to(device),
                 generation_config=generation_config,
-                stopping_criteria=_stop_criteria(tokenizer, stop_strings, width) if stop_strings else None,
+                stopping_criteria=_stop_criteria(tokenizer, stop_strings, width)
+                if stop_strings
+                else None,
             )
         for row, index in enumerate(batch):
-            results[index] = finish_completion(tokenizer, output[row, width:].tolist(), stop_strings)
+            results[index] = finish_completion(
+                tokenizer, output[row, width:].tolist(), stop_strings
+            )
         if progress is not None:
             progress(len(batch))
     return [r for r in results if r is not None]

@@ -32,10 +32,13 @@ def resolve_adapter_dir(path: str | Path) -> Path:
         if (candidate / "adapter_config.json").is_file():
             if not (candidate / "adapter_model.safetensors").is_file():
                 raise GradienceError(
-                    "no adapter_model.safetensors (pickled .bin adapters are not loaded)", path=candidate
+                    "no adapter_model.safetensors (pickled .bin adapters are not loaded)",
+                    path=candidate,
                 )
             return candidate
-    raise GradienceError("not a PEFT adapter folder (no adapter_config.json here or in adapter/)", path=path)
+    raise GradienceError(
+        "not a PEFT adapter folder (no adapter_config.json here or in adapter/)", path=path
+    )
 
 
 def load_merged_adapter(model: PreTrainedModel, adapter_dir: Path) -> PreTrainedModel:
@@ -99,11 +102,16 @@ def evaluate_adapter(
         progress=batch_finished,
     )
     generation_time = time.perf_counter() - generation_started
-    predictions = [score(example, prompt, gen) for example, prompt, gen in zip(items, prompts, generations, strict=True)]
+    predictions = [
+        score(example, prompt, gen)
+        for example, prompt, gen in zip(items, prompts, generations, strict=True)
+    ]
     generated_tokens = sum(len(gen.token_ids) for gen in generations)
 
     output_dir = Path(output_dir)
-    write_text_atomic(output_dir / "predictions.jsonl", "".join(p.model_dump_json() + "\n" for p in predictions))
+    write_text_atomic(
+        output_dir / "predictions.jsonl", "".join(p.model_dump_json() + "\n" for p in predictions)
+    )
     result = EvalResult(
         exact_match=sum(p.correct for p in predictions) / len(predictions),
         strict_match=sum(p.strict_correct for p in predictions) / len(predictions),

@@ -25,7 +25,14 @@ class LossGuard(TrainerCallback):
     def __init__(self, learning_rate: float):
         self.learning_rate = learning_rate
 
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
+    def on_log(
+        self,
+        args: Any,
+        state: Any,
+        control: Any,
+        logs: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
         for key in ("loss", "train_loss", "grad_norm"):
             value = (logs or {}).get(key)
             if value is not None and not math.isfinite(value):
@@ -44,11 +51,24 @@ class LossRecorder(TrainerCallback):
         self.eval_curve: list[tuple[int, float]] = []
         self.progress = progress
 
-    def on_log(self, args: Any, state: Any, control: Any, logs: dict[str, float] | None = None, **kwargs: Any) -> None:
+    def on_log(
+        self,
+        args: Any,
+        state: Any,
+        control: Any,
+        logs: dict[str, float] | None = None,
+        **kwargs: Any,
+    ) -> None:
         logs = logs or {}
         if "loss" in logs:
             self.curve.append((state.global_step, float(logs["loss"])))
             if self.progress is not None:
-                self.progress({"step": state.global_step, "max_steps": state.max_steps, "loss": float(logs["loss"])})
+                self.progress(
+                    {
+                        "step": state.global_step,
+                        "max_steps": state.max_steps,
+                        "loss": float(logs["loss"]),
+                    }
+                )
         if "eval_loss" in logs:
             self.eval_curve.append((state.global_step, float(logs["eval_loss"])))

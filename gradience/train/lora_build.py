@@ -98,7 +98,8 @@ def check_ranks_match_model(
     targeted = target_module_names(model, target_modules)
     if not targeted:
         raise GradienceError(
-            f"lora.target_modules {list(target_modules)} match no module of the model", field="lora.target_modules"
+            f"lora.target_modules {list(target_modules)} match no module of the model",
+            field="lora.target_modules",
         )
     unknown = [name for name in ranks if name not in set(targeted)]
     if unknown:
@@ -154,8 +155,14 @@ def adapter_mismatches(
 ) -> list[str]:
     """Every difference between the built adapter and the intent, one line each."""
     layers = lora_layers(peft_model)
-    problems = [f"{name}: intended rank {ranks[name]} but the module has no LoRA" for name in ranks if name not in layers]
-    problems += [f"{name}: has LoRA but is not in the rank pattern" for name in layers if name not in ranks]
+    problems = [
+        f"{name}: intended rank {ranks[name]} but the module has no LoRA"
+        for name in ranks
+        if name not in layers
+    ]
+    problems += [
+        f"{name}: has LoRA but is not in the rank pattern" for name in layers if name not in ranks
+    ]
     for name, layer in layers.items():
         if name not in ranks:
             continue
@@ -164,7 +171,9 @@ def adapter_mismatches(
         b_shape = tuple(layer.lora_B[ADAPTER_NAME].weight.shape)
         d_in, d_out = layer.in_features, layer.out_features
         if a_shape != (r, d_in) or b_shape != (d_out, r):
-            problems.append(f"{name}: lora_A {a_shape}, lora_B {b_shape}; intended ({r}, {d_in}), ({d_out}, {r})")
+            problems.append(
+                f"{name}: lora_A {a_shape}, lora_B {b_shape}; intended ({r}, {d_in}), ({d_out}, {r})"
+            )
         scaling = float(layer.scaling[ADAPTER_NAME])
         want = float(expected_scaling[name])
         if not math.isclose(scaling, want, rel_tol=_SCALING_RTOL):
@@ -172,13 +181,17 @@ def adapter_mismatches(
     return problems
 
 
-def verify_adapter(peft_model: PeftModel, ranks: Mapping[str, int], expected_scaling: Mapping[str, float]) -> None:
+def verify_adapter(
+    peft_model: PeftModel, ranks: Mapping[str, int], expected_scaling: Mapping[str, float]
+) -> None:
     """Raise GradienceError unless every module's LoRA shapes and scaling are exactly the intended ones."""
     problems = adapter_mismatches(peft_model, ranks, expected_scaling)
     if problems:
         shown = "; ".join(problems[:5])
         more = f" (and {len(problems) - 5} more)" if len(problems) > 5 else ""
-        raise GradienceError(f"the built LoRA adapter differs from the rank pattern in {len(problems)} place(s): {shown}{more}")
+        raise GradienceError(
+            f"the built LoRA adapter differs from the rank pattern in {len(problems)} place(s): {shown}{more}"
+        )
 
 
 def trainable_parameter_count(model: nn.Module) -> int:

@@ -62,7 +62,7 @@ def train_variant(
     file in error messages. Resumes from the last checkpoint when ``env.resume_from_checkpoint``.
     """
     import torch
-    from transformers import PrinterCallback, Trainer, set_seed
+    from transformers import set_seed
 
     from gradience.models import load_model_and_tokenizer
     from gradience.tasks import load_task
@@ -75,7 +75,7 @@ def train_variant(
     model, tokenizer = (model_loader or load_model_and_tokenizer)(cfg)
     module_ranks = resolve_ranks(model, ranks, cfg)
     train_set = encode_examples(tokenizer, cfg.task, task_data.train)
-    eval_set = encode_examples(tokenizer, cfg.task, task_data.eval[:EVAL_LOSS_EXAMPLES])
+    eval_features = held_out_features(tokenizer, cfg, task_data)
 
     set_seed(seed)  # before get_peft_model: LoRA's A matrices are drawn here
     peft_model, trainable = build_peft_model(model, module_ranks, cfg.lora, ranks_source)
@@ -86,24 +86,24 @@ def train_variant(
     run_id = _run_identity(cfg, module_ranks, seed)
     resume = _checkpoint_to_resume(checkpoint_dir, run_id, cfg.env.resume_from_checkpoint)
     recorder = LossRecorder(progress)
-    trainer = Trainer(
-        model=peft_model,
-        args=training_arguments(cfg, seed, checkpoint_dir, quiet=progress is not None),
-        train_dataset=FeatureDataset(train_set.features),
-        eval_dataset=FeatureDataset(eval_set.features),
-        data_collator=CompletionCollator(pad_token_id=_pad_id(tokenizer)),
-        callbacks=[LossGuard(cfg.train.learning_rate), recorder],
+    trainer = build_trainer(
+        cfg,
+        peft_model,
+        tokenizer,
+        train_set.features,
+        eval_features,
+        seed,
+        checkpoint_dir,
+        recorder,
     )
-    if progress is not None:
-        trainer.remove_callback(PrinterCallback)  # it would print every log dict to stdout
     if cfg.train.save_steps is not None:
         write_json_atomic(checkpoint_dir / _RUN_MARKER, run_id)
     loop_started = time.perf_counter()
     trainer.train(resume_from_checkpoint=resume)
     train_loop_s = time.perf_counter() - loop_started
-    eval_loss = final_eval_loss(trainer, recorder)
-
+    eval_loss = final_eval_loss(trainer, recorder) if eval_features else None
     adapter_dir = save_adapter(peft_model, output_dir / ADAPTER_DIR)
+
     result = TrainResult(
         seed=seed,
         variant=variant,
@@ -135,6 +135,48 @@ def train_variant(
     return result
 
 
+def build_trainer(
+    cfg: ExperimentConfig,
+    peft_model: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    train_features: list[dict[str, list[int]]],
+    eval_features: list[dict[str, list[int]]],
+    seed: int,
+    checkpoint_dir: Path,
+    recorder: LossRecorder,
+) -> Any:
+    """The HF Trainer with gradience's collator, NaN guard and loss recorder."""
+    from transformers import PrinterCallback, Trainer
+
+    quiet = recorder.progress is not None
+    trainer = Trainer(
+        model=peft_model,
+        args=training_arguments(
+            cfg, seed, checkpoint_dir, quiet=quiet, held_out=bool(eval_features)
+        ),
+        train_dataset=FeatureDataset(train_features),
+        eval_dataset=FeatureDataset(eval_features) if eval_features else None,
+        data_collator=CompletionCollator(pad_token_id=_pad_id(tokenizer)),
+        callbacks=[LossGuard(cfg.train.learning_rate), recorder],
+    )
+    if quiet:
+        trainer.remove_callback(PrinterCallback)  # it would print every log dict to stdout
+    return trainer
+
+
+def held_out_features(
+    tokenizer: PreTrainedTokenizerBase, cfg: ExperimentConfig, task_data: TaskData
+) -> list[dict[str, list[int]]]:
+    """Up to EVAL_LOSS_EXAMPLES eval items (never trained on) for the held-out loss; may be empty."""
+    head = task_data.eval[:EVAL_LOSS_EXAMPLES]
+    if not head:
+        return []
+    try:
+        return encode_examples(tokenizer, cfg.task, head).features
+    except GradienceError:  # every one too long: train anyway, without a held-out loss
+        return []
+
+
 def final_eval_loss(trainer: Any, recorder: LossRecorder) -> float:
     """Held-out loss after the last step (reused when the periodic eval just computed it)."""
     if recorder.eval_curve and recorder.eval_curve[-1][0] == trainer.state.global_step:
@@ -142,20 +184,29 @@ def final_eval_loss(trainer: Any, recorder: LossRecorder) -> float:
     return float(trainer.evaluate()["eval_loss"])
 
 
-def resolve_ranks(model: PreTrainedModel, ranks: Mapping[str, int] | int | None, cfg: ExperimentConfig) -> dict[str, int]:
+def resolve_ranks(
+    model: PreTrainedModel, ranks: Mapping[str, int] | int | None, cfg: ExperimentConfig
+) -> dict[str, int]:
     """Explicit ranks as given; an int (or None: ``lora.probe_r``) for every adapted module."""
     if ranks is None or isinstance(ranks, int):
         names = target_module_names(model, cfg.lora.target_modules)
         if not names:
             raise GradienceError(
-                f"{cfg.lora.target_modules} match no module of {cfg.model.name}", field="lora.target_modules"
+                f"{cfg.lora.target_modules} match no module of {cfg.model.name}",
+                field="lora.target_modules",
             )
         return uniform_ranks(names, cfg.lora.probe_r if ranks is None else ranks)
     return dict(ranks)
 
 
-def training_arguments(cfg: ExperimentConfig, seed: int, checkpoint_dir: Path, *, quiet: bool) -> TrainingArguments:
-    """TrainingArguments honouring every field of ``cfg.train`` (and mixed precision from ``cfg.env``)."""
+def training_arguments(
+    cfg: ExperimentConfig, seed: int, checkpoint_dir: Path, *, quiet: bool, held_out: bool = True
+) -> TrainingArguments:
+    """TrainingArguments honouring every field of ``cfg.train`` (and mixed precision from ``cfg.env``).
+
+    ``quiet`` turns off the Trainer's own tqdm bar (the caller shows progress); ``held_out``
+    says whether there is a held-out set for ``eval_steps``.
+    """
     from transformers import TrainingArguments
 
     from gradience.models import resolve_device
@@ -177,7 +228,7 @@ def training_arguments(cfg: ExperimentConfig, seed: int, checkpoint_dir: Path, *
         optim=t.optim,
         logging_steps=t.logging_steps,
         logging_nan_inf_filter=False,  # LossGuard must see a NaN, not the running mean
-        eval_strategy="steps" if t.eval_steps else "no",
+        eval_strategy="steps" if t.eval_steps and held_out else "no",
         eval_steps=t.eval_steps,
         save_strategy="steps" if t.save_steps else "no",
         save_steps=t.save_steps or 500,
@@ -204,7 +255,11 @@ def _checkpointing_arguments(enabled: bool) -> dict[str, Any]:
     from transformers import TrainingArguments
 
     names = {f.name for f in dataclasses.fields(TrainingArguments)}
-    prefix = "activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing"
+    prefix = (
+        "activation_checkpointing"
+        if "activation_checkpointing" in names
+        else "gradient_checkpointing"
+    )
     # non-reentrant: PyTorch's recommended variant; it needs no input that requires grad
     return {prefix: enabled, f"{prefix}_kwargs": {"use_reentrant": False} if enabled else None}
 
@@ -265,10 +320,16 @@ def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
 
 def _run_identity(cfg: ExperimentConfig, ranks: Mapping[str, int], seed: int) -> dict[str, Any]:
     """What a checkpoint must match to be resumed: the training config, the ranks and the seed."""
-    return {"training_hash": cfg.training_hash(), "ranks_hash": hash_data(dict(ranks)), "seed": seed}
+    return {
+        "training_hash": cfg.training_hash(),
+        "ranks_hash": hash_data(dict(ranks)),
+        "seed": seed,
+    }
 
 
-def _checkpoint_to_resume(checkpoint_dir: Path, run_id: dict[str, Any], enabled: bool) -> str | None:
+def _checkpoint_to_resume(
+    checkpoint_dir: Path, run_id: dict[str, Any], enabled: bool
+) -> str | None:
     """The last checkpoint of this very run, or None; checkpoints of another run are removed."""
     from transformers.trainer_utils import get_last_checkpoint
 
