@@ -9,7 +9,7 @@ from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file
 from safetensors.torch import save_file as save_torch
 
-from gradience.audit.spectrum import lora_singular_values, r_factor
+from gradience.audit.spectrum import cholesky_qr2_r, householder_r, lora_singular_values, r_factor
 from gradience.audit.tensors import SafetensorsStream, bf16_bits_to_float32
 from gradience.errors import GradienceError
 
@@ -95,6 +95,29 @@ def test_r_factor_is_the_r_of_a_qr():
     original = tall.copy()
     r_factor(tall.T.copy().T, overwrite=False)
     np.testing.assert_array_equal(tall, original)
+
+
+def test_cholesky_qr2_agrees_with_householder_when_well_conditioned():
+    rng = np.random.default_rng(2)
+    tall = rng.standard_normal((3000, 64)) * np.logspace(0, -3, 64)  # κ ≈ 1e3
+    fast = cholesky_qr2_r(np.asfortranarray(tall))
+    assert fast is not None
+    reference = householder_r(np.asfortranarray(tall))
+    np.testing.assert_allclose(
+        np.abs(fast), np.abs(reference), atol=1e-12 * np.abs(reference).max()
+    )
+
+
+@pytest.mark.parametrize("condition", [1e7, 1e12])
+def test_ill_conditioned_factors_fall_back_to_householder(condition):
+    rng = np.random.default_rng(3)
+    u, _ = np.linalg.qr(rng.standard_normal((500, 32)))
+    v, _ = np.linalg.qr(rng.standard_normal((32, 32)))
+    values = np.logspace(0, -np.log10(condition), 32)
+    tall = np.asfortranarray(u * values @ v)
+    assert cholesky_qr2_r(tall.copy(order="F")) is None
+    r = r_factor(tall)
+    np.testing.assert_allclose(np.linalg.svd(r, compute_uv=False), values, rtol=1e-6, atol=1e-15)
 
 
 def test_zero_update_has_a_zero_spectrum():

@@ -9,7 +9,7 @@ import pytest
 
 from gradience.ranks import parse_policy, policy_rank, round_up_to_allowed
 from gradience.ranks.measures import cumulative_energy, effective_rank, energy_rank, stable_rank
-from gradience.ranks.policies import gavish_donoho_omega, knee_rank, oht_rank
+from gradience.ranks.policies import OMEGA_SQUARE, gavish_donoho_omega, knee_rank, oht_rank
 
 
 def test_stable_rank_is_frobenius_over_spectral_squared():
@@ -97,6 +97,9 @@ def test_knee_of_a_flat_or_zero_spectrum():
 
 def test_gavish_donoho_omega_matches_the_paper():
     assert gavish_donoho_omega(1.0) == pytest.approx(2.858, abs=1e-3)  # paper's ω(1)
+    assert (
+        pytest.approx(gavish_donoho_omega(1.0), rel=1e-10) == OMEGA_SQUARE
+    )  # the constant oht uses
     for beta in (0.1, 0.25, 0.5, 0.75, 1.0):
         cubic_fit = 0.56 * beta**3 - 0.95 * beta**2 + 1.82 * beta + 1.43  # paper's approximation
         assert gavish_donoho_omega(beta) == pytest.approx(cubic_fit, abs=0.02)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import struct
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,7 +53,7 @@ class TensorSource(Protocol):
 
 def bf16_bits_to_float32(bits: np.ndarray) -> np.ndarray:
     """bfloat16 (stored as uint16) to float32, exactly: bf16 is the top half of a float32."""
-    return (bits.astype(np.uint32) << 16).view(np.float32)
+    return np.left_shift(bits, 16, dtype=np.uint32).view(np.float32)
 
 
 class SafetensorsStream:
@@ -116,13 +117,21 @@ class SafetensorsStream:
         return {key: info for key, (info, _, _) in self._entries.items()}
 
     def read(self, key: str, order: str = "C") -> np.ndarray:
-        """One tensor as a float64 array in the given memory order (exact for every dtype)."""
+        """One tensor as a float64 array in the given memory order (exact for every dtype).
+
+        Positioned reads (``os.pread``) keep no shared file offset, so threads may read
+        different tensors at once.
+        """
         info, begin, end = self._entries[key]
-        buffer = bytearray(end - begin)
-        self._file.seek(begin)
-        if self._file.readinto(buffer) != len(buffer):
-            raise self._fail("file ends inside this tensor (truncated?)", key)
-        raw = np.frombuffer(buffer, dtype=_SAFETENSORS_DTYPES[info.dtype][1]).reshape(info.shape)
+        chunks, offset = [], begin
+        while offset < end:
+            chunk = os.pread(self._file.fileno(), end - offset, offset)
+            if not chunk:
+                raise self._fail("file ends inside this tensor (truncated?)", key)
+            chunks.append(chunk)
+            offset += len(chunk)
+        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        raw = np.frombuffer(data, dtype=_SAFETENSORS_DTYPES[info.dtype][1]).reshape(info.shape)
         if info.dtype == "BF16":
             raw = bf16_bits_to_float32(raw)
         return raw.astype(np.float64, order=order)
@@ -135,7 +144,7 @@ class TorchPickleFile:
     """A ``.bin`` state dict, loaded whole with ``torch.load(weights_only=True)``."""
 
     def __init__(self, path: str | Path):
-        import torch
+        import torch  # only for opt-in pickles: the safetensors path never imports torch
 
         self.path = Path(path)
         try:

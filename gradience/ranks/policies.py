@@ -40,6 +40,11 @@ DEFAULT_POLICIES: tuple[str, ...] = (
     "oht",
 )
 
+#: ω(1) = λ*(1)/√μ₁ = (4/√3)/√(median of the Marchenko–Pastur law with β = 1), as
+#: :func:`gavish_donoho_omega` computes it (a test keeps the two equal; the constant spares
+#: every audit the numerical integration and the scipy.integrate import).
+OMEGA_SQUARE = 2.8583624240695213
+
 #: ⌈x⌉ ignores round-off this small, so an effective rank of exactly k (up to float error) is k.
 CEIL_RTOL = 1e-9
 
@@ -154,5 +159,5 @@ def oht_rank(singular_values: Sequence[float] | np.ndarray) -> int:
     sv = as_spectrum(singular_values)
     if sv.size == 0 or sv[0] == 0:
         return 0
-    threshold = gavish_donoho_omega(1.0) * float(np.median(sv))
+    threshold = OMEGA_SQUARE * float(np.median(sv))
     return int(np.count_nonzero(sv > threshold))
