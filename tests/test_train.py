@@ -88,8 +88,7 @@ class BatchRecorder:
 def test_collator_masks_exactly_the_prompt_and_padding(task_data):
     cfg = tiny_config()
     _, tokenizer = load_model_and_tokenizer(cfg)
-    # only items the vocabulary covers: decoding an <unk> cannot give the text back
-    examples = [e for e in task_data.train if " There" not in build_prompt(cfg.task, e)][:4]
+    examples = task_data.train[:8]
     encoded = encode_examples(tokenizer, cfg.task, examples)
     batch = CompletionCollator(pad_token_id=tokenizer.pad_token_id)(encoded.features)
     lengths = [len(f["input_ids"]) for f in encoded.features]
