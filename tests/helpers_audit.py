@@ -12,6 +12,10 @@ from peft.tuners.lora import LoraLayer
 from safetensors.torch import load_file, save_file
 from transformers import GPT2Config, GPT2LMHeadModel, MistralConfig, MistralForCausalLM
 
+from gradience.audit.adapter import LoraModule
+from gradience.audit.core import module_audit
+from gradience.results import AdapterInfo, AuditResult, AuditSummary
+
 MISTRAL_TARGETS = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
 GPT2_TARGETS = ["c_attn", "c_proj", "c_fc"]
 
@@ -130,3 +134,27 @@ def edit_config(adapter_dir: Path, **changes) -> None:
     config = json.loads(path.read_text())
     config.update(changes)
     path.write_text(json.dumps(config))
+
+
+def synthetic_audit(
+    spectra: dict[str, tuple[list[float], int, int]], allowed=(1, 2, 4, 8)
+) -> AuditResult:
+    """An AuditResult built from given spectra {name: (singular values, d_in, d_out)}."""
+    modules = []
+    for name, (sv, d_in, d_out) in spectra.items():
+        module = LoraModule(
+            name,
+            f"{name}.lora_A.weight",
+            f"{name}.lora_B.weight",
+            len(sv),
+            d_in,
+            d_out,
+            16.0,
+            16.0 / len(sv),
+        )
+        modules.append(module_audit(module, np.array(sv), ["energy@0.90"], list(allowed), 1.0))
+    summary = AuditSummary(
+        n_modules=len(modules), total_params=sum(m.params for m in modules), policies={}
+    )
+    info = AdapterInfo(path="synthetic", base_model=None, r=8, lora_alpha=16.0, use_rslora=False)
+    return AuditResult(adapter=info, modules=modules, summary=summary, allowed_ranks=list(allowed))

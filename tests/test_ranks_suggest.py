@@ -4,37 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers_audit import synthetic_audit
 
-from gradience.audit.adapter import LoraModule
-from gradience.audit.core import module_audit
 from gradience.ranks import lora_params, nearest_rank_percentile, suggest_ranks, summarize_ranks
 from gradience.ranks.suggest import default_allowed_ranks
-from gradience.results import AdapterInfo, AuditResult, AuditSummary
-
-
-def synthetic_audit(
-    spectra: dict[str, tuple[list[float], int, int]], allowed=(1, 2, 4, 8)
-) -> AuditResult:
-    """An AuditResult built from given spectra {name: (singular values, d_in, d_out)}."""
-    modules = []
-    for name, (sv, d_in, d_out) in spectra.items():
-        module = LoraModule(
-            name,
-            f"{name}.lora_A.weight",
-            f"{name}.lora_B.weight",
-            len(sv),
-            d_in,
-            d_out,
-            16.0,
-            16.0 / len(sv),
-        )
-        modules.append(module_audit(module, np.array(sv), ["energy@0.90"], list(allowed), 1.0))
-    summary = AuditSummary(
-        n_modules=len(modules), total_params=sum(m.params for m in modules), policies={}
-    )
-    info = AdapterInfo(path="synthetic", base_model=None, r=8, lora_alpha=16.0, use_rslora=False)
-    return AuditResult(adapter=info, modules=modules, summary=summary, allowed_ranks=list(allowed))
-
 
 SPECTRA = {
     "model.layers.0.self_attn.q_proj": ([5.0, 0.1, 0.1, 0.0, 0.0, 0.0, 0.0, 0.0], 32, 32),

@@ -87,13 +87,28 @@ def audit_worker_count() -> int:
     return max(1, min(4, os.cpu_count() or 1))
 
 
-def _spectra(source: TensorSource, modules: list[LoraModule], progress: bool) -> list[np.ndarray]:
-    """Spectra in module order; a few modules are read and factored at once on worker threads
-    (LAPACK releases the GIL), so memory holds at most ``audit_worker_count()`` modules.
-    The first error stops the rest (queued modules are cancelled)."""
-    pool = ThreadPoolExecutor(audit_worker_count())
+def one_blas_thread() -> contextlib.AbstractContextManager | None:
+    """A context limiting BLAS to one thread (threadpoolctl), or None if that is not installed.
+
+    A QR of a d×r matrix with r ≤ 64 gains nothing from BLAS threads, and threaded OpenBLAS on
+    a machine whose cores are busy spins badly: measured 30× slower on 2 shared cores.
+    """
     try:
-        with one_blas_thread():
+        from threadpoolctl import threadpool_limits
+    except ImportError:
+        return None
+    return threadpool_limits(limits=1, user_api="blas")
+
+
+def _spectra(source: TensorSource, modules: list[LoraModule], progress: bool) -> list[np.ndarray]:
+    """Spectra in module order. With one BLAS thread each, a few modules are read and factored
+    at once on worker threads (LAPACK releases the GIL), so memory holds at most
+    ``audit_worker_count()`` modules; without threadpoolctl, one module at a time. The first
+    error stops the rest (queued modules are cancelled)."""
+    limiter = one_blas_thread()
+    pool = ThreadPoolExecutor(audit_worker_count() if limiter is not None else 1)
+    try:
+        with limiter or contextlib.nullcontext():
             results: Iterator[np.ndarray] = pool.map(
                 lambda module: module_spectrum(source, module), modules
             )
@@ -104,19 +119,6 @@ def _spectra(source: TensorSource, modules: list[LoraModule], progress: bool) ->
             return list(results)
     finally:
         pool.shutdown(wait=True, cancel_futures=True)
-
-
-def one_blas_thread() -> contextlib.AbstractContextManager:
-    """Limit BLAS to one thread (via threadpoolctl, when installed) while factoring modules.
-
-    A QR of a d×r matrix with r ≤ 64 gains nothing from BLAS threads, and threaded OpenBLAS on
-    a machine whose cores are busy spins badly: measured 30× slower on 2 shared cores.
-    """
-    try:
-        from threadpoolctl import threadpool_limits
-    except ImportError:
-        return contextlib.nullcontext()
-    return threadpool_limits(limits=1, user_api="blas")
 
 
 def check_policies(policies: Sequence[str]) -> list[str]:

@@ -41,9 +41,21 @@ def _types(audit: AuditResult) -> dict[str, list[int]]:
     return groups
 
 
-def _band(ax: Axes, curves: np.ndarray, x: np.ndarray, label: str, color: Any) -> None:
-    """Median curve with a 10–90% band over modules."""
-    ax.plot(x, np.median(curves, axis=0), label=f"{label} (n={len(curves)})", color=color)
+_LINESTYLES = ("-", "--", ":", "-.")
+
+
+def _band(
+    ax: Axes, curves: np.ndarray, x: np.ndarray, label: str, color: Any, style: int = 0
+) -> None:
+    """Median curve with a 10–90% band over modules (``style`` tells rank groups of a type apart)."""
+    linestyle = _LINESTYLES[style % len(_LINESTYLES)]
+    ax.plot(
+        x,
+        np.median(curves, axis=0),
+        label=f"{label} (n={len(curves)})",
+        color=color,
+        linestyle=linestyle,
+    )
     if len(curves) > 1:
         ax.fill_between(
             x,
@@ -82,7 +94,7 @@ def plot_spectra(audit: AuditResult, ax_or_path: Axes | str | Path) -> Axes | Pa
     def draw(ax: Axes) -> None:
         colors = _pyplot().get_cmap("tab10")
         for n, (kind, indices) in enumerate(_types(audit).items()):
-            for r, members in _by_rank(audit, indices).items():
+            for style, (r, members) in enumerate(_by_rank(audit, indices).items()):
                 rows = []
                 for i in members:
                     sv = np.asarray(audit.modules[i].singular_values)
@@ -92,7 +104,7 @@ def plot_spectra(audit: AuditResult, ax_or_path: Axes | str | Path) -> Axes | Pa
                         else np.full(r, _FLOOR)
                     )
                 label = kind if len(_by_rank(audit, indices)) == 1 else f"{kind} r={r}"
-                _band(ax, np.array(rows), np.arange(1, r + 1), label, colors(n % 10))
+                _band(ax, np.array(rows), np.arange(1, r + 1), label, colors(n % 10), style)
         ax.set_yscale("log")
         ax.set_xlabel("index i")
         ax.set_ylabel("σᵢ / σ₁")
@@ -108,12 +120,12 @@ def plot_energy_curves(audit: AuditResult, ax_or_path: Axes | str | Path) -> Axe
     def draw(ax: Axes) -> None:
         colors = _pyplot().get_cmap("tab10")
         for n, (kind, indices) in enumerate(_types(audit).items()):
-            for r, members in _by_rank(audit, indices).items():
+            for style, (r, members) in enumerate(_by_rank(audit, indices).items()):
                 curves = np.array(
                     [cumulative_energy(audit.modules[i].singular_values) for i in members]
                 )
                 label = kind if len(_by_rank(audit, indices)) == 1 else f"{kind} r={r}"
-                _band(ax, curves, np.arange(r + 1), label, colors(n % 10))
+                _band(ax, curves, np.arange(r + 1), label, colors(n % 10), style)
         for tau in (0.9, 0.99):
             ax.axhline(tau, color="grey", linestyle=":", linewidth=0.8)
         ax.set_xlabel("k")
@@ -124,11 +136,14 @@ def plot_energy_curves(audit: AuditResult, ax_or_path: Axes | str | Path) -> Axe
     return _on_axes_or_file(draw, ax_or_path)
 
 
-def plot_rank_heatmap(ranks: Mapping[str, int], ax: Axes, title: str) -> Axes:
+def plot_rank_heatmap(
+    ranks: Mapping[str, int], ax: Axes, title: str, *, rank_range: tuple[int, int] | None = None
+) -> Axes:
     """A layer × module-type grid of ranks (colour on a log₂ scale; numbers in the cells).
 
     Rows are layer indices (modules outside numbered blocks go to a last row 'other'),
-    columns are module types in order of first appearance; empty cells are blank.
+    columns are module types in order of first appearance; empty cells are blank. Give the
+    same ``rank_range`` (lowest, highest rank) to heatmaps that should share one colour scale.
     """
     types = list(dict.fromkeys(module_type(name) for name in ranks))
     layers = sorted({layer_index(name) for name in ranks} - {None})
@@ -137,9 +152,18 @@ def plot_rank_heatmap(ranks: Mapping[str, int], ax: Axes, title: str) -> Axes:
     grid = np.full((len(rows), len(types)), np.nan)
     for name, rank in ranks.items():
         grid[rows.index(layer_index(name)), types.index(module_type(name))] = rank
-    image = ax.imshow(np.log2(grid), aspect="auto", cmap="viridis", interpolation="nearest")
+    low, high = (
+        (math.log2(rank_range[0]), math.log2(rank_range[1]))
+        if rank_range
+        else (
+            float(np.nanmin(np.log2(grid))),
+            float(np.nanmax(np.log2(grid))),
+        )
+    )
+    image = ax.imshow(
+        np.log2(grid), aspect="auto", cmap="viridis", interpolation="nearest", vmin=low, vmax=high
+    )
     if grid.size <= 600:
-        low, high = np.nanmin(np.log2(grid)), np.nanmax(np.log2(grid))
         for (y, x), value in np.ndenumerate(grid):
             if not math.isnan(value):
                 bright = high > low and (math.log2(value) - low) / (high - low) > 0.6 or high == low
@@ -153,7 +177,9 @@ def plot_rank_heatmap(ranks: Mapping[str, int], ax: Axes, title: str) -> Axes:
     ax.set_ylabel("layer")
     ax.set_title(title)
     bar = ax.figure.colorbar(image, ax=ax)
-    ticks = sorted({int(v) for v in grid[~np.isnan(grid)]})
+    ticks = sorted(
+        {int(v) for v in grid[~np.isnan(grid)]} | (set(rank_range) if rank_range else set())
+    )
     bar.set_ticks([math.log2(t) for t in ticks], labels=[str(t) for t in ticks])
     bar.set_label("rank")
     return ax
@@ -166,7 +192,13 @@ def plot_audit(audit: AuditResult, policy: str, path: str | Path) -> Path:
     plot_spectra(audit, axes[0])
     plot_energy_curves(audit, axes[1])
     ranks = {m.name: m.suggested_rank[policy] for m in audit.modules}
-    plot_rank_heatmap(ranks, axes[2], f"Suggested ranks ({policy})")
+    low = min(audit.allowed_ranks or [1])
+    plot_rank_heatmap(
+        ranks,
+        axes[2],
+        f"Suggested ranks ({policy})",
+        rank_range=(low, max(m.r for m in audit.modules)),
+    )
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
