@@ -56,6 +56,7 @@ def test_mistral_rank_pattern_adapter_matches_peft(mistral_pattern):
     out, _trained = mistral_pattern
     model = reload_adapter(tiny_mistral(), out)
     audit = audit_adapter(out)
+    assert audit.allowed_ranks == [1, 2, 4, 8]  # default: powers of two up to the adapter's r
     assert_spectra_match(audit, peft_delta_spectra(model), rtol=1e-5)  # PEFT's own ΔW, float32
     assert_spectra_match(audit, reference_spectra(model), rtol=1e-10)  # dense float64 of B·A
     by_name = {m.name: m for m in audit.modules}

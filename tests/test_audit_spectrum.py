@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 import pytest
 import torch
@@ -9,6 +11,7 @@ from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file
 from safetensors.torch import save_file as save_torch
 
+from gradience.audit.core import one_blas_thread
 from gradience.audit.spectrum import cholesky_qr2_r, householder_r, lora_singular_values, r_factor
 from gradience.audit.tensors import SafetensorsStream, bf16_bits_to_float32
 from gradience.errors import GradienceError
@@ -27,7 +30,8 @@ SHAPES = [
 
 def dense_singular_values(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Independent reference: SVD of the dense d_out×d_in product in float64, padded to r."""
-    values = np.linalg.svd(b.astype(np.float64) @ a.astype(np.float64), compute_uv=False)
+    with one_blas_thread() or contextlib.nullcontext():  # threaded BLAS crawls on busy CI cores
+        values = np.linalg.svd(b.astype(np.float64) @ a.astype(np.float64), compute_uv=False)
     out = np.zeros(a.shape[0])
     k = min(a.shape[0], values.size)
     out[:k] = values[:k]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from gradience.ranks import parse_policy, policy_rank, round_up_to_allowed
+from gradience.ranks.allowed import powers_of_two_up_to
 from gradience.ranks.measures import cumulative_energy, effective_rank, energy_rank, stable_rank
 from gradience.ranks.policies import OMEGA_SQUARE, gavish_donoho_omega, knee_rank, oht_rank
 
@@ -167,3 +168,9 @@ def test_round_up_uses_unsorted_allowed_ranks_and_rejects_bad_input():
         round_up_to_allowed(5, [0, 4], 64)
     with pytest.raises(ValueError):
         round_up_to_allowed(5, ALLOWED, 64, margin=0)
+
+
+def test_default_allowed_ranks_are_powers_of_two_up_to_r():
+    assert powers_of_two_up_to(64) == [1, 2, 4, 8, 16, 32, 64]
+    assert powers_of_two_up_to(48) == [1, 2, 4, 8, 16, 32, 48]  # r itself stays reachable
+    assert powers_of_two_up_to(1) == [1]

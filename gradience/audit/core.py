@@ -22,7 +22,7 @@ from gradience.audit.names import layer_index, module_type
 from gradience.audit.spectrum import lora_singular_values
 from gradience.audit.tensors import TensorSource
 from gradience.errors import GradienceError
-from gradience.ranks.allowed import DEFAULT_ALLOWED_RANKS, normalize_allowed_ranks
+from gradience.ranks.allowed import normalize_allowed_ranks, powers_of_two_up_to
 from gradience.ranks.measures import ENERGY_LEVELS, effective_rank, energy_rank, stable_rank
 from gradience.ranks.policies import DEFAULT_POLICIES, parse_policy
 from gradience.ranks.suggest import suggest_module_rank, summarize_ranks
@@ -142,28 +142,31 @@ def audit_adapter(
     allow_pickle: bool = False,
     progress: bool = False,
 ) -> AuditResult:
-    """Audit every LoRA module of a PEFT adapter directory, streaming one module at a time.
+    """Audit every LoRA module of a PEFT adapter directory, streaming its weights.
 
     Module names are relative to the base model (``model.layers.3.self_attn.q_proj``), the
     names PEFT's ``rank_pattern`` matches. Each module gets its spectrum, metrics and the
-    suggested rank of every policy (rounded up to ``allowed_ranks``, default powers of two up
-    to 64, capped at its r, after multiplying by ``margin``). Problems with the directory,
-    config or weights raise GradienceError naming the file and field.
+    suggested rank of every policy (``margin`` × policy rank, rounded up to ``allowed_ranks``
+    — default: powers of two up to the adapter's largest r — and capped at its r). Only the
+    few modules being factored are in memory (see ``audit_worker_count``). Problems with the
+    directory, config or weights raise GradienceError naming the file and field.
     """
     adapter_dir = Path(adapter_dir)
     if not adapter_dir.is_dir():
         raise GradienceError("adapter directory not found", path=adapter_dir)
     policies = check_policies(policies)
-    try:
-        allowed = normalize_allowed_ranks(allowed_ranks or DEFAULT_ALLOWED_RANKS)
-    except ValueError as exc:
-        raise GradienceError(str(exc), field="allowed_ranks") from None
+    if allowed_ranks is not None:
+        try:
+            allowed_ranks = normalize_allowed_ranks(allowed_ranks)
+        except ValueError as exc:
+            raise GradienceError(str(exc), field="allowed_ranks") from None
     if not margin > 0:
         raise GradienceError(f"must be positive, got {margin}", field="margin")
     config = read_adapter_config(adapter_dir / CONFIG_NAME)
     source = open_weights(adapter_dir, allow_pickle)
     try:
         modules = discover_modules(source, config, adapter_dir / CONFIG_NAME)
+        allowed = allowed_ranks or powers_of_two_up_to(max(m.r for m in modules))
         spectra = _spectra(source, modules, progress)
         audits = [
             module_audit(m, sv, policies, allowed, margin)

@@ -4,7 +4,7 @@
 positioned file read. It deliberately does not memory-map the file (as ``safe_open`` does):
 mapped pages a process has touched count toward its resident memory until unmapped, so a
 mapped read of every module would leave the whole file in the audit's RSS. Here only the
-tensor being read is ever in memory. Pickle files (``.bin``) are opt-in and loaded with
+tensors being read are ever in memory. Pickle files (``.bin``) are opt-in and loaded with
 ``torch.load(weights_only=True)``; they are read whole, so they do not stream.
 """
 

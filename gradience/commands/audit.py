@@ -129,7 +129,9 @@ def run_audit(args: argparse.Namespace) -> int:
     result = audit_adapter(
         args.adapter_dir,
         policies=policies,
-        allowed_ranks=_int_list(args.allowed_ranks, "--allowed-ranks"),
+        allowed_ranks=_int_list(args.allowed_ranks, "--allowed-ranks")
+        if args.allowed_ranks
+        else None,
         margin=args.margin,
         allow_pickle=args.allow_pickle,
         progress=sys.stderr.isatty(),

@@ -5,8 +5,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-#: The allowed ranks when none are given: powers of two.
+#: The allowed ranks of the mechanism test's probe (r = 64): powers of two.
 DEFAULT_ALLOWED_RANKS: tuple[int, ...] = (1, 2, 4, 8, 16, 32, 64)
+
+
+def powers_of_two_up_to(max_rank: int) -> list[int]:
+    """The allowed ranks when none are given: 1, 2, 4, ... ≤ ``max_rank``, and ``max_rank`` itself."""
+    if max_rank <= 0:
+        raise ValueError(f"rank must be positive, got {max_rank}")
+    return sorted({2**k for k in range(max_rank.bit_length()) if 2**k <= max_rank} | {max_rank})
 
 
 def normalize_allowed_ranks(allowed_ranks: Sequence[int]) -> list[int]:

@@ -6,8 +6,8 @@ import math
 from collections.abc import Mapping, Sequence
 
 from gradience.ranks.allowed import (
-    DEFAULT_ALLOWED_RANKS,
     normalize_allowed_ranks,
+    powers_of_two_up_to,
     round_up_to_allowed,
 )
 from gradience.ranks.policies import parse_policy, policy_rank
@@ -39,9 +39,7 @@ def default_allowed_ranks(audit: AuditResult) -> list[int]:
     """The audit's own allowed ranks, else powers of two up to the largest module rank."""
     if audit.allowed_ranks:
         return normalize_allowed_ranks(audit.allowed_ranks)
-    top = max((m.r for m in audit.modules), default=1)
-    powers = [2**k for k in range(int(math.log2(top)) + 1)]
-    return sorted(set(powers) | {top}) if powers else list(DEFAULT_ALLOWED_RANKS)
+    return powers_of_two_up_to(max((m.r for m in audit.modules), default=1))
 
 
 def suggest_ranks(
