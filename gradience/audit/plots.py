@@ -1,4 +1,4 @@
-"""Audit figures (matplotlib, Agg): spectra and energy curves by module type, rank heatmaps.
+"""Audit figures (matplotlib Figures, no pyplot state): spectra, energy curves, rank heatmaps.
 
 Reusable pieces: :func:`plot_spectra` and :func:`plot_energy_curves` draw into an Axes (or
 save a figure when given a path); :func:`plot_rank_heatmap` draws any ``{module: rank}``
@@ -24,13 +24,17 @@ if TYPE_CHECKING:
 _FLOOR = 1e-8  # relative singular values below this are drawn at the floor of a log axis
 
 
-def _pyplot() -> Any:
-    import matplotlib
+def _figure(width: float, height: float) -> Any:
+    """A matplotlib Figure not registered with pyplot: no GUI backend, no global state."""
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    return Figure(figsize=(width, height), layout="constrained")
 
-    return plt
+
+def _tab10() -> Any:
+    from matplotlib import colormaps
+
+    return colormaps["tab10"]
 
 
 def _types(audit: AuditResult) -> dict[str, list[int]]:
@@ -68,13 +72,11 @@ def _band(
 
 def _on_axes_or_file(draw: Callable[[Axes], None], ax_or_path: Axes | str | Path) -> Axes | Path:
     if isinstance(ax_or_path, (str, Path)):
-        plt = _pyplot()
-        fig, ax = plt.subplots(figsize=(6, 4), layout="constrained")
-        draw(ax)
+        fig = _figure(6, 4)
+        draw(fig.subplots())
         path = Path(ax_or_path)
         path.parent.mkdir(parents=True, exist_ok=True)
         fig.savefig(path, dpi=120)
-        plt.close(fig)
         return path
     draw(ax_or_path)
     return ax_or_path
@@ -92,7 +94,7 @@ def plot_spectra(audit: AuditResult, ax_or_path: Axes | str | Path) -> Axes | Pa
     """Normalised singular values σᵢ/σ₁ of B·A against i, median and 10–90% band per type."""
 
     def draw(ax: Axes) -> None:
-        colors = _pyplot().get_cmap("tab10")
+        colors = _tab10()
         for n, (kind, indices) in enumerate(_types(audit).items()):
             for style, (r, members) in enumerate(_by_rank(audit, indices).items()):
                 rows = []
@@ -118,7 +120,7 @@ def plot_energy_curves(audit: AuditResult, ax_or_path: Axes | str | Path) -> Axe
     """Cumulative energy Σ_{i≤k}σᵢ²/Σσ² against k, median and 10–90% band per type."""
 
     def draw(ax: Axes) -> None:
-        colors = _pyplot().get_cmap("tab10")
+        colors = _tab10()
         for n, (kind, indices) in enumerate(_types(audit).items()):
             for style, (r, members) in enumerate(_by_rank(audit, indices).items()):
                 curves = np.array(
@@ -187,8 +189,8 @@ def plot_rank_heatmap(
 
 def plot_audit(audit: AuditResult, policy: str, path: str | Path) -> Path:
     """One PNG: spectra, energy curves, and the heatmap of ``policy``'s suggested ranks."""
-    plt = _pyplot()
-    fig, axes = plt.subplots(1, 3, figsize=(18, 5.5), layout="constrained")
+    fig = _figure(18, 5.5)
+    axes = fig.subplots(1, 3)
     plot_spectra(audit, axes[0])
     plot_energy_curves(audit, axes[1])
     ranks = {m.name: m.suggested_rank[policy] for m in audit.modules}
@@ -202,5 +204,4 @@ def plot_audit(audit: AuditResult, policy: str, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
-    plt.close(fig)
     return path
