@@ -53,6 +53,8 @@ class ModuleAudit(_Result):
     utilization: float
     energy_rank: dict[str, int]
     suggested_rank: dict[str, int]
+    scaled_frobenius_norm: float | None = Field(None, description="Frobenius norm of scaling·B·A.")
+    scaled_spectral_norm: float | None = Field(None, description="Spectral norm of scaling·B·A.")
 
 
 class PolicySummary(_Result):
@@ -72,6 +74,7 @@ class AuditResult(_Versioned):
     modules: list[ModuleAudit]
     summary: AuditSummary
     allowed_ranks: list[int] = Field(default_factory=list)
+    warnings: list[str] = Field(default_factory=list, description="Things a user should know, e.g. ambiguous rank_pattern keys.")
 
 
 # ---------------------------------------------------------------- ranks (gradience suggest)
