@@ -9,9 +9,9 @@ import sys
 import pytest
 import torch
 
-from gradience.config import EnvConfig
+from gradience.config import EnvConfig, ExperimentConfig
 from gradience.errors import GradienceError
-from gradience.models import resolve_device, resolve_dtype
+from gradience.models import load_model_and_tokenizer, resolve_device, resolve_dtype
 from gradience.models.embedded import random_model
 from gradience.models.hub import ensure_pad_token
 
@@ -53,3 +53,25 @@ def test_unreachable_model_is_an_actionable_error(tmp_path) -> None:
     message = out.stdout
     assert message.startswith("model.name: could not load model 'gradience-test/no-such-model'")
     assert "huggingface-cli login" in message and "HF_HUB_OFFLINE" in message
+
+
+def test_hub_only_options_are_rejected_for_embedded_models() -> None:
+    cfg = ExperimentConfig.model_validate(
+        {
+            "model": {"name": "embedded:tiny-mistral-random", "gguf_file": "x.gguf"},
+            "env": {"device": "cpu"},
+        }
+    )
+    with pytest.raises(GradienceError, match="model.gguf_file: not used by the embedded model"):
+        load_model_and_tokenizer(cfg)
+
+
+def test_attn_implementation_is_applied_to_embedded_models() -> None:
+    cfg = ExperimentConfig.model_validate(
+        {
+            "model": {"name": "embedded:tiny-mistral-random", "attn_implementation": "eager"},
+            "env": {"device": "cpu", "torch_dtype": "float32"},
+        }
+    )
+    model, _ = load_model_and_tokenizer(cfg)
+    assert model.config._attn_implementation == "eager"

@@ -60,9 +60,23 @@ def load_model_and_tokenizer(cfg: ExperimentConfig) -> tuple[Any, Any]:
     if cfg.model.name.startswith("embedded:"):
         from gradience.models.embedded import load_embedded
 
+        _reject_hub_only_options(cfg)
         model, tokenizer = load_embedded(cfg.model.name)
+        if cfg.model.attn_implementation is not None:
+            model.set_attn_implementation(cfg.model.attn_implementation)
         model.to(device=device, dtype=dtype)
         return model, tokenizer
     from gradience.models.hub import load_hub_model
 
     return load_hub_model(cfg.model, dtype, device)
+
+
+def _reject_hub_only_options(cfg: ExperimentConfig) -> None:
+    """Hub options mean nothing for an embedded model; ignoring them silently would mislead."""
+    for option in ("revision", "device_map", "gguf_file"):
+        if getattr(cfg.model, option) is not None:
+            raise GradienceError(
+                f"not used by the embedded model {cfg.model.name!r}: remove it (place the model "
+                "with env.device)",
+                field=f"model.{option}",
+            )

@@ -1,9 +1,11 @@
 """The embedded model's tokenizer: a small word-level vocabulary that round-trips its texts.
 
-Pieces are words, single digits, punctuation, newlines and spaces, where a single leading
-space is glued to the following piece (" apples", " 4") as SentencePiece does, so a problem
-is ~40 tokens rather than ~80. Single digits keep arithmetic learnable for a 1 M-parameter
-model (carry digit by digit). Decoding concatenates pieces (``decoders.Fuse``), so
+Pieces are words, single digits, punctuation, newlines and spaces. A single leading space
+is glued to a following word (" apples"), as SentencePiece does, so a problem is ~40 tokens
+rather than ~70; digits and punctuation never carry one (a space before them is its own
+token), so "9" is one token wherever it stands. Single, shared digit tokens are what make
+arithmetic learnable for a 1 M-parameter model: with " 4" and "4" as different tokens the
+model has to learn every digit twice and addition stays near chance. Decoding concatenates pieces (``decoders.Fuse``), so
 ``decode(encode(text)) == text`` for every text made of known pieces; anything else maps to
 ``<unk>``. The vocabulary is derived from the texts the model is trained on (the arithmetic
 task's templates and the pre-training corpus forms), sorted, so it is deterministic.
@@ -18,9 +20,9 @@ from tokenizers import Regex, Tokenizer, decoders, models, pre_tokenizers, proce
 PAD, BOS, EOS, UNK = "<pad>", "<s>", "</s>", "<unk>"
 SPECIAL_TOKENS = (PAD, BOS, EOS, UNK)
 
-# One optional plain space, then a word, a single digit, '####' or one other character;
-# or a lone whitespace character. Covers every character, so nothing is silently dropped.
-PIECE_PATTERN = r" ?(?:[A-Za-z]+|\d|####|[^\sA-Za-z\d])|\s"
+# A word with at most one leading space, a single digit, '####', one other character, or one
+# whitespace character. Covers every character, so nothing is silently dropped.
+PIECE_PATTERN = r" ?[A-Za-z]+|\d|####|[^\sA-Za-z\d]|\s"
 _BASE_PIECES = [str(d) for d in range(10)] + list("+-*/=.,?!:;$%()'\"#") + ["####"]
 
 
@@ -34,14 +36,15 @@ def pieces(text: str) -> list[str]:
 
 
 def build_vocabulary(texts: Iterable[str]) -> list[str]:
-    """Special tokens, then digits and punctuation, then every piece seen in ``texts``; each
-    with and without a leading space; sorted within groups, no duplicates."""
-    base = set(_BASE_PIECES) | {" " + piece for piece in _BASE_PIECES} | {" ", "\n"}
+    """Special tokens, digits, punctuation and whitespace, then every piece seen in ``texts``
+    (words with and without a leading space); sorted within groups, no duplicates."""
+    base = set(_BASE_PIECES) | {" ", "\n"}
     seen: set[str] = set()
     for text in texts:
         # A word may start a sentence in one text and follow a space in another: keep both forms.
         for piece in pieces(text):
-            seen.update({piece.lstrip(" "), " " + piece.lstrip(" ")} if piece.strip() else {piece})
+            word = piece.lstrip(" ")
+            seen.update({word, " " + word} if word.isalpha() else {piece})
     ordered = list(SPECIAL_TOKENS) + sorted(base) + sorted(seen - base)
     return list(dict.fromkeys(ordered))
 
