@@ -134,3 +134,11 @@ def test_an_incomplete_cache_folder_is_rebuilt(
     model, _ = pretrained_model(TINY_RECIPE, progress=False)
     assert (folder / RECIPE_FILE).is_file()
     assert type(model).__name__ == "MistralForCausalLM"
+
+
+def test_unwritable_cache_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    not_a_folder = tmp_path / "cache"
+    not_a_folder.write_text("a file where the cache folder should be", encoding="utf-8")
+    monkeypatch.setenv("GRADIENCE_CACHE", str(not_a_folder))
+    with pytest.raises(GradienceError, match="set GRADIENCE_CACHE to a writable folder"):
+        pretrained_model(TINY_RECIPE, progress=False)

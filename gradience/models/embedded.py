@@ -41,6 +41,7 @@ from typing import Any
 import torch
 
 from gradience.config import hash_data
+from gradience.errors import GradienceError
 from gradience.models.corpus import vocabulary_texts
 from gradience.models.vocabulary import (
     BOS,
@@ -145,9 +146,16 @@ def pretrained_model(
 
     folder = cached_model_dir(recipe)
     if not (folder / RECIPE_FILE).is_file():
-        with _cache_lock(folder.parent / f".{folder.name}.lock"):
-            if not (folder / RECIPE_FILE).is_file():  # another process may have finished it
-                _train_and_save(recipe, folder, progress=progress)
+        try:
+            with _cache_lock(folder.parent / f".{folder.name}.lock"):
+                if not (folder / RECIPE_FILE).is_file():  # another process may have finished it
+                    _train_and_save(recipe, folder, progress=progress)
+        except OSError as exc:  # read-only, not a folder, disk full: the user's environment
+            raise GradienceError(
+                f"cannot write the embedded model cache ({exc.strerror or exc}); set GRADIENCE_CACHE "
+                "to a writable folder",
+                path=folder,
+            ) from None
     model = MistralForCausalLM.from_pretrained(folder, dtype=torch.float32)
     model.eval()
     return model, AutoTokenizer.from_pretrained(folder)
