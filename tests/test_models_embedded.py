@@ -100,12 +100,15 @@ def test_pretraining_writes_the_cache_once(tmp_path: Path, monkeypatch: pytest.M
     folder = cached_model_dir(TINY_RECIPE)
     assert folder.parent == tmp_path / "models" and folder.name.startswith("tiny-mistral-")
     assert cached_model_dir(dataclasses.replace(TINY_RECIPE, steps=4)) != folder
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}", encoding="utf-8")  # a killed run's leftovers
 
     trained, tokenizer = pretrained_model(TINY_RECIPE, progress=False)
     assert {"config.json", "model.safetensors", "tokenizer.json", RECIPE_FILE} <= {
         p.name for p in folder.iterdir()
     }
     assert [p.name for p in tmp_path.joinpath("models").iterdir() if p.is_dir()] == [folder.name]
+    assert type(trained).__name__ == "MistralForCausalLM"
     initial, _ = embedded.random_model(TINY_RECIPE)
     changed = [
         n for n, p in trained.state_dict().items() if not torch.equal(p, initial.state_dict()[n])
@@ -122,18 +125,6 @@ def test_pretraining_writes_the_cache_once(tmp_path: Path, monkeypatch: pytest.M
     text = "Question: Tom has 3 apples.\nAnswer: 3+4=7 #### 7"
     assert cached_tokenizer(text)["input_ids"] == tokenizer(text)["input_ids"]
     assert cached_tokenizer.pad_token == tokenizer.pad_token
-
-
-def test_an_incomplete_cache_folder_is_rebuilt(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    monkeypatch.setenv("GRADIENCE_CACHE", str(tmp_path))
-    folder = cached_model_dir(TINY_RECIPE)
-    folder.mkdir(parents=True)
-    (folder / "config.json").write_text("{}", encoding="utf-8")  # a killed run's leftovers
-    model, _ = pretrained_model(TINY_RECIPE, progress=False)
-    assert (folder / RECIPE_FILE).is_file()
-    assert type(model).__name__ == "MistralForCausalLM"
 
 
 def test_unwritable_cache_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
