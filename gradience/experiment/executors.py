@@ -13,6 +13,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
+from gradience.errors import GradienceError
 from gradience.experiment import plan
 from gradience.experiment.jobs import EventSink, JobOutcome, audit_job, emit, probe_job, variant_job
 from gradience.experiment.records import JobProgress, JobRecord, read_record
@@ -53,11 +54,20 @@ def run_on_ray(
     Uses the Ray instance already initialised in this process if there is one; otherwise
     ``ray.init(address=address)`` (None starts a local Ray) and shuts it down afterwards.
     """
-    import ray
-
+    try:
+        import ray
+    except ImportError:
+        raise GradienceError(
+            "the ray executor needs Ray: pip install 'ray'", field="env.executor"
+        ) from None
     started_here = not ray.is_initialized()
     if started_here:
-        ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        try:
+            ray.init(address=address, include_dashboard=False, log_to_driver=False)
+        except ConnectionError as error:
+            raise GradienceError(
+                f"cannot connect to Ray at {address!r}: {error}", field="env.ray_address"
+            ) from None
     try:
         refs = submit_jobs(ctx, task_data)
         return wait_for_jobs(ctx, refs, sink)

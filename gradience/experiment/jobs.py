@@ -128,8 +128,7 @@ def train_eval_job(
         phases_done=list(clock.record.phases_done),
     )
     try:
-        trained = (folder / "train_result.json").is_file() and (folder / ADAPTER_WEIGHTS).is_file()
-        if "train" not in clock.record.phases_done or not trained:
+        if not training_finished(clock.record, folder):
             train(ctx, seed, variant, ranks, folder, task_data, reporter(clock, sink, "train"))
             clock.phase_done("train")
         result = evaluate(ctx, folder, task_data, reporter(clock, sink, "eval"))
@@ -195,6 +194,12 @@ def reporter(clock: JobClock, sink: EventSink | None, phase: str) -> Callable[[d
         emit(sink, clock.record.job, "progress", **progress.model_dump())
 
     return report
+
+
+def training_finished(record: JobRecord, folder: Path) -> bool:
+    """This attempt's inputs were already trained (e.g. only the evaluation was interrupted)."""
+    outputs = (folder / "train_result.json").is_file() and (folder / ADAPTER_WEIGHTS).is_file()
+    return "train" in record.phases_done and outputs
 
 
 def train_eval_finished(record: JobRecord | None, inputs: str, folder: Path) -> bool:
