@@ -1,5 +1,7 @@
 """Batched vs one-by-one greedy generation on the embedded model (what ``gradience eval`` does).
 
+Settings default to those ``make demo`` evaluates with (``experiments/configs/cpu_demo.yaml``:
+the embedded model, 200 arithmetic items, ``max_new_tokens`` 16, ``eval_batch_size`` 100).
 Both modes run the same prompts through the same code (:func:`generate_completions`); only
 the batch size differs (``--batch-size`` vs 1), and the two must give token-identical
 completions, which is checked. Timings alternate between the modes (``--repeats`` rounds)
@@ -24,11 +26,13 @@ def main() -> int:
     parser.add_argument(
         "--model", default="embedded:tiny-mistral", help="model name (embedded or hub/local)"
     )
-    parser.add_argument("--items", type=int, default=64, help="eval items")
-    parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--items", type=int, default=200, help="eval items")
+    parser.add_argument("--batch-size", type=int, default=100)
+    parser.add_argument("--max-new-tokens", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch CPU threads (default: torch's)"
+    )
     args = parser.parse_args()
 
     import torch
@@ -38,7 +42,8 @@ def main() -> int:
     from gradience.models import load_model_and_tokenizer
     from gradience.tasks import build_prompt, load_task
 
-    torch.set_num_threads(args.threads)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     cfg = ExperimentConfig.model_validate(
         {
             "model": {"name": args.model},
@@ -49,7 +54,7 @@ def main() -> int:
             },
             "lora": {"probe_r": 16},
             "compression": {"allowed_ranks": [16]},
-            "env": {"device": "cpu", "torch_dtype": "float32", "num_threads": args.threads},
+            "env": {"device": "cpu", "torch_dtype": "float32"},
         }
     )
     model, tokenizer = load_model_and_tokenizer(cfg)
@@ -80,7 +85,7 @@ def main() -> int:
     rate = {bs: tokens / statistics.median(t) for bs, t in times.items()}
     ratio = rate[args.batch_size] / rate[1]
     print(
-        f"model {args.model}, {len(prompts)} prompts, {tokens} generated tokens, {args.threads} thread(s)"
+        f"model {args.model}, {len(prompts)} prompts, {tokens} generated tokens, {torch.get_num_threads()} thread(s)"
     )
     for bs, t in times.items():
         print(
