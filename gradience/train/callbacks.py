@@ -33,7 +33,14 @@ class LossGuard(TrainerCallback):
         logs: dict[str, float] | None = None,
         **kwargs: Any,
     ) -> None:
-        for key in ("loss", "train_loss", "grad_norm"):
+        # Under fp16 the grad scaler skips steps whose gradients overflow: an inf grad_norm
+        # there is routine, not divergence. The loss tells in every precision.
+        keys = (
+            ("loss", "train_loss")
+            if getattr(args, "fp16", False)
+            else ("loss", "train_loss", "grad_norm")
+        )
+        for key in keys:
             value = (logs or {}).get(key)
             if value is not None and not math.isfinite(value):
                 raise NonFiniteLossError(
