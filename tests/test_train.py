@@ -284,3 +284,41 @@ def test_gradient_checkpointing_is_on_and_still_trains_the_adapter(tmp_path, tas
     lora_b = [t for key, t in adapter_tensors(tmp_path).items() if "lora_B" in key]
     assert result.steps == 2 and len(lora_b) == len(result.ranks)
     assert all(t.abs().sum() > 0 for t in lora_b)  # B starts at 0: every module got gradients
+
+
+def test_every_train_knob_reaches_the_trainer(tmp_path):
+    from gradience.train.run import training_arguments
+
+    knobs = {
+        "max_steps": 17,
+        "learning_rate": 1.5e-4,
+        "per_device_train_batch_size": 3,
+        "gradient_accumulation_steps": 5,
+        "warmup_steps": 7,
+        "lr_scheduler_type": "linear",
+        "weight_decay": 0.01,
+        "max_grad_norm": 0.5,
+        "optim": "adamw_torch",
+        "logging_steps": 4,
+        "eval_steps": 6,
+        "save_steps": 8,
+        "gradient_checkpointing": True,
+        "report_to": ["tensorboard"],
+        "dataloader_num_workers": 2,
+    }
+    cfg = tiny_config(**knobs)
+    args = training_arguments(cfg, 99, tmp_path, quiet=True)
+    for name in ("max_steps", "learning_rate", "per_device_train_batch_size", "warmup_steps"):
+        assert getattr(args, name) == knobs[name], name
+    for name in ("gradient_accumulation_steps", "weight_decay", "max_grad_norm", "logging_steps"):
+        assert getattr(args, name) == knobs[name], name
+    assert args.eval_steps == 6 and args.eval_strategy == "steps"
+    assert args.save_steps == 8 and args.save_strategy == "steps"
+    assert args.lr_scheduler_type == "linear" and args.optim == "adamw_torch"
+    assert args.gradient_checkpointing and args.dataloader_num_workers == 2
+    assert args.report_to == ["tensorboard"]
+    assert args.seed == 99 and args.data_seed == 99 and args.disable_tqdm
+    assert not args.logging_nan_inf_filter and not args.bf16 and not args.fp16
+    defaults = training_arguments(tiny_config(), 1, tmp_path, quiet=False)
+    assert defaults.save_strategy == "no" and defaults.eval_strategy == "no"
+    assert defaults.report_to in ([], "none", ["none"])
