@@ -35,12 +35,15 @@ class Example:
 
 @dataclass(frozen=True)
 class TaskData:
-    """A loaded task: training items and the fixed, recorded evaluation subset (disjoint)."""
+    """A loaded task: training items and the fixed, recorded evaluation subset (disjoint).
 
-    name: str
+    ``notes`` says what loading changed (e.g. training items dropped for overlapping eval).
+    """
+
     train: list[Example]
     eval: list[Example]
-    notes: list[str] = field(default_factory=list)
+    name: str = ""
+    notes: list[str] = field(default_factory=list, compare=False)
 
     @property
     def eval_ids(self) -> list[str]:
