@@ -177,3 +177,16 @@ def test_prompt_and_completion() -> None:
 def test_example_without_answer_line_is_rejected() -> None:
     with pytest.raises(ValueError, match="####"):
         Example(id="x/1", question="q", answer="five")
+
+
+def test_shipped_sample_files_load() -> None:
+    data_dir = Path(__file__).resolve().parents[1] / "experiments" / "data"
+    task = TaskConfig(
+        train_file=str(data_dir / "gsm8k_sample_train.jsonl"),
+        eval_file=str(data_dir / "gsm8k_sample_test.jsonl"),
+        eval_samples=None,
+    )
+    data = load_task(task)
+    assert len(data.train) == 4 and len(data.eval) == 2
+    assert data.eval[0].id == "gsm8k/gsm8k_sample_test/0"
+    assert [example.gold for example in data.train] == ["12", "14", "450", "-7"]
