@@ -75,3 +75,22 @@ def test_attn_implementation_is_applied_to_embedded_models() -> None:
     )
     model, _ = load_model_and_tokenizer(cfg)
     assert model.config._attn_implementation == "eager"
+
+
+def test_a_local_folder_loads_through_from_pretrained(tmp_path) -> None:
+    model, tokenizer = random_model()
+    model.save_pretrained(tmp_path)
+    tokenizer.pad_token = None  # as Mistral and Llama ship: no pad token
+    tokenizer.save_pretrained(tmp_path)
+    cfg = ExperimentConfig.model_validate(
+        {
+            "model": {"name": str(tmp_path), "attn_implementation": "eager"},
+            "env": {"device": "cpu", "torch_dtype": "bfloat16"},
+        }
+    )
+    loaded, loaded_tokenizer = load_model_and_tokenizer(cfg)
+    assert loaded.config._attn_implementation == "eager"
+    assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
+    assert loaded_tokenizer.pad_token == loaded_tokenizer.eos_token
+    for name, tensor in model.state_dict().items():
+        assert torch.equal(tensor.to(torch.bfloat16), loaded.state_dict()[name]), name
