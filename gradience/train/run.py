@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from gradience.config import ExperimentConfig, hash_data
 from gradience.errors import GradienceError
 from gradience.io import read_json, write_json_atomic, write_model
-from gradience.results import TrainResult
+from gradience.results import SCHEMA_VERSION, TrainResult
 from gradience.train.callbacks import LossGuard, LossRecorder
 from gradience.train.data import CompletionCollator, FeatureDataset, encode_examples
 from gradience.train.lora_build import (
@@ -321,6 +321,7 @@ def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
 def _run_identity(cfg: ExperimentConfig, ranks: Mapping[str, int], seed: int) -> dict[str, Any]:
     """What a checkpoint must match to be resumed: the training config, the ranks and the seed."""
     return {
+        "schema_version": SCHEMA_VERSION,
         "training_hash": cfg.training_hash(),
         "ranks_hash": hash_data(dict(ranks)),
         "seed": seed,
