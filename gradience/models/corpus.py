@@ -2,11 +2,13 @@
 
 The mix is the one measured to put the later LoRA task on a plateau (see
 :mod:`gradience.models.embedded`): ~30% bare question/answer pairs in a surface form the
-task never uses ("What is 30 plus 19? The answer is 49."), ~50% bare equations ("30+19=49"),
-~20% short narratives with the equation inline. The base model thus knows arithmetic and
-the words, but has never seen ``Question: … Answer:`` nor ``#### N``: LoRA has to learn the
-task format and map word problems onto equations, which is what the ranks are tested on.
-Operand ranges are the arithmetic task's.
+task never uses ("What is 30 plus 19? 30+19=49"), ~50% bare equations ("30+19=49"), ~20%
+short narratives with the equation inline. The question/answer and narrative forms teach
+the one skill the task needs beyond arithmetic: copying the operands out of a sentence into
+an equation (without them, LoRA runs mis-copy two-digit numbers and accuracy collapses).
+The base model has never seen ``Question: … Answer:`` nor ``#### N``: LoRA has to learn
+the task format and map word problems onto equations, which is what the ranks are tested
+on. Operand ranges are the arithmetic task's.
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ def corpus_text(rng: random.Random) -> str:
     a, b = sample_operands(rng, op)
     c = _result(a, b, op)
     if form == "qa":
-        return f"What is {a} {_OP_WORDS[op]} {b}? The answer is {c}."
+        return f"What is {a} {_OP_WORDS[op]} {b}? {a}{op}{b}={c}"
     if form == "equation":
         return f"{a}{op}{b}={c}"
     return _NARRATIVES[op].format(name=rng.choice(NAMES), item=rng.choice(ITEMS), a=a, b=b, c=c)
@@ -51,7 +53,7 @@ def corpus_texts(seed: int) -> Iterator[str]:
 
 def vocabulary_texts() -> list[str]:
     """Texts whose pieces cover every word the corpus forms can produce."""
-    texts = [f"What is 1 {word} 2? The answer is 3." for word in _OP_WORDS.values()]
+    texts = [f"What is 1 {word} 2? 1+2=3" for word in _OP_WORDS.values()]
     for template in _NARRATIVES.values():
         for name in NAMES:
             for item in ITEMS:

@@ -84,7 +84,7 @@ class PretrainRecipe:
     min_lr_ratio: float = 0.1
     max_grad_norm: float = 1.0
     seed: int = 0
-    corpus_revision: int = 1
+    corpus_revision: int = 2
 
     def cache_key(self, vocabulary: list[str]) -> str:
         return hash_data({"recipe": asdict(self), "vocabulary": vocabulary})
