@@ -3,10 +3,10 @@
 Problems like "Mia has 23 shells and finds 9 more. How many shells does Mia have now?" with
 the answer ``23+9=32 #### 32``: one of +, −, × applied to two operands, a few templates,
 names and items. The operand ranges (≤ 40 for +, ≤ 80 for −, 2..9 for ×) and the one-step
-shape are deliberate: measured on the embedded model, this family puts LoRA training on a
-plateau (probe accuracy stable to ±50 steps) where differences between variants reflect
-their ranks; larger operands or multi-step problems put it on a cliff instead
-(see the module docstring of :mod:`gradience.models.embedded`).
+shape are deliberate: with the embedded model, this family puts LoRA training (r=16,
+>= 250 steps of batch 32) on a plateau around 66-72% where differences between variants
+reflect their ranks; larger operands or multi-step problems put it on a cliff instead
+(measurements in the module docstring of :mod:`gradience.models.embedded`).
 
 Eval items are generated first from ``data_seed``, training items from a derived seed,
 skipping any question text already used, so the splits are disjoint.
