@@ -57,7 +57,10 @@ def test_calculator_annotations_are_not_answers() -> None:
 
 def test_minus_between_numbers_is_an_operator_not_a_sign() -> None:
     assert extract_answer("12-7") == "7"
+    assert extract_answer("The difference is 10 - 3") == "3"
+    assert extract_answer("(5)-2") == "2"
     assert extract_answer("so x = -3") == "-3"
+    assert extract_answer("a loss of -$5") == "-5"
 
 
 def test_strict_needs_the_marker() -> None:

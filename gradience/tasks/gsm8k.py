@@ -20,10 +20,11 @@ from decimal import Decimal
 
 ANSWER_MARKER = "####"
 
-# A minus sign is a sign only where it cannot be a binary operator ("12-7" is 12 and 7; "= -7"
-# is -7). Thousands groups must be well formed so that "3,4" reads as two numbers, not 34.
+# A minus sign is a sign only where it cannot be a binary operator: it must touch the number
+# and not follow a word or a closing bracket ("12-7" and "10 - 3" hold 7 and 3; "= -7" and
+# "-$5" are negative). Thousands groups must be well formed so "3,4" reads as two numbers.
 _NUMBER_RE = re.compile(
-    r"(?<![\w)\].])(?P<sign>[-−])?\s?\$?\s?"
+    r"(?<![\w)\].])(?:(?P<sign>[-−])\$?|\$\s?)?"
     r"(?P<digits>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?|\.\d+)"
 )
 _CALCULATOR_ANNOTATION_RE = re.compile(r"<<[^<>]*>>")
