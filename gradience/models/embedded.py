@@ -58,7 +58,6 @@ from gradience.models.vocabulary import (
 )
 from gradience.tasks.arithmetic import template_texts
 
-EMBEDDED_PREFIX = "embedded:"
 PRETRAINED_NAME = "embedded:tiny-mistral"
 RANDOM_NAME = "embedded:tiny-mistral-random"
 EMBEDDED_NAMES = (PRETRAINED_NAME, RANDOM_NAME)
@@ -161,7 +160,7 @@ def pretrained_model(
                 "to a writable folder",
                 path=folder,
             ) from None
-    model = MistralForCausalLM.from_pretrained(folder, dtype=torch.float32)
+    model = MistralForCausalLM.from_pretrained(folder)  # saved in float32; env dtype applied later
     model.eval()
     return model, AutoTokenizer.from_pretrained(folder)
 
