@@ -69,8 +69,8 @@ def run_on_ray(
                 f"cannot connect to Ray at {address!r}: {error}", field="env.ray_address"
             ) from None
     try:
-        refs = submit_jobs(ctx, task_data)
-        return wait_for_jobs(ctx, refs, sink)
+        watcher = RecordWatcher(ctx, sink)  # before submitting: every record change is news
+        return wait_for_jobs(submit_jobs(ctx, task_data), watcher)
     finally:
         if started_here:
             ray.shutdown()
@@ -105,15 +105,12 @@ def submit_jobs(ctx: plan.RunContext, task_data: TaskData) -> dict[str, Any]:
     return refs
 
 
-def wait_for_jobs(
-    ctx: plan.RunContext, refs: dict[str, Any], sink: EventSink | None
-) -> dict[str, JobOutcome]:
+def wait_for_jobs(refs: dict[str, Any], watcher: RecordWatcher) -> dict[str, JobOutcome]:
     """Collect outcomes as tasks finish; report running jobs' progress from their records."""
     import ray
 
     job_of = {ref: job for job, ref in refs.items()}
     outcomes: dict[str, JobOutcome] = {}
-    watcher = RecordWatcher(ctx, sink)
     pending = list(refs.values())
     while pending:
         ready, pending = ray.wait(pending, num_returns=len(pending), timeout=RAY_POLL_S)
