@@ -22,14 +22,7 @@ from gradience.results import EvalResult, Prediction
 from gradience.tasks import Example, build_prompt, load_task
 from gradience.tasks.gsm8k import answers_match
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One thread: a 1 M-parameter model gains nothing from more, and loses a lot on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def eval_config(**task: object) -> ExperimentConfig:

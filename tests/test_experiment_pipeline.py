@@ -12,7 +12,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import torch
 from safetensors import safe_open
 
 from gradience.cli import main
@@ -34,7 +33,7 @@ VARIANTS = [
     "uniform_matched",
 ]
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
 
 def tiny_config(**compression: object) -> ExperimentConfig:
@@ -81,7 +80,6 @@ class SimulatedKill(BaseException):
 
 @pytest.fixture(scope="module")
 def local_run(tmp_path_factory: pytest.TempPathFactory):
-    torch.set_num_threads(1)
     run_dir = tmp_path_factory.mktemp("mechanism") / "run"
     return run_mechanism_test(tiny_config(), run_dir)
 

@@ -19,14 +19,7 @@ from gradience.tasks import build_completion, build_prompt, load_task
 from gradience.train.data import IGNORE_INDEX, CompletionCollator, encode_examples
 from gradience.train.run import train_variant
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """One thread: a 1 M-parameter model gains nothing from more, and loses a lot on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tiny_config(**train: object) -> ExperimentConfig:

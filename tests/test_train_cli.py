@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 import yaml
 
 from gradience.cli import main
@@ -13,13 +12,7 @@ from gradience.models import load_model_and_tokenizer
 from gradience.results import EvalResult, RankPattern, TrainResult
 from gradience.train import target_module_names
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture
