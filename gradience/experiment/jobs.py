@@ -127,6 +127,7 @@ def train_eval_job(
         attempt=clock.record.attempts,
         phases_done=list(clock.record.phases_done),
     )
+    quiet_library_progress()
     try:
         if not training_finished(clock.record, folder):
             train(ctx, seed, variant, ranks, folder, task_data, reporter(clock, sink, "train"))
@@ -142,6 +143,13 @@ def train_eval_job(
     return JobOutcome(
         job, "done", exact_match=result.exact_match, output_digest=record.output_digest
     )
+
+
+def quiet_library_progress() -> None:
+    """The run's own view shows each job's progress: no per-job weight-loading bars beside it."""
+    from transformers.utils import logging as transformers_logging
+
+    transformers_logging.disable_progress_bar()
 
 
 def train(
