@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
+import json
 from pathlib import Path
 
 import pytest
@@ -133,3 +135,31 @@ def test_unwritable_cache_is_a_clear_error(tmp_path: Path, monkeypatch: pytest.M
     monkeypatch.setenv("GRADIENCE_CACHE", str(not_a_folder))
     with pytest.raises(GradienceError, match="set GRADIENCE_CACHE to a writable folder"):
         pretrained_model(TINY_RECIPE, progress=False)
+
+
+def test_default_model_ships_with_the_package_and_loads_without_pretraining(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shipped = embedded.shipped_model_dir(DEFAULT_RECIPE)
+    record = json.loads((shipped / RECIPE_FILE).read_text(encoding="utf-8"))
+    assert record["recipe"] == json.loads(json.dumps(dataclasses.asdict(DEFAULT_RECIPE))), (
+        "the shipped model was trained with another recipe: regenerate it (embedded.py docstring)"
+    )
+    monkeypatch.setenv("GRADIENCE_CACHE", str(tmp_path))
+
+    def must_not_train(*args, **kwargs):
+        raise AssertionError("the shipped model was not used")
+
+    monkeypatch.setattr(embedded, "_train_and_save", must_not_train)
+    model, tokenizer = pretrained_model(progress=False)
+    assert not any(tmp_path.iterdir()), "loading the shipped model must not write the cache"
+
+    # It is pre-trained: arithmetic text is far more predictable to it than to the random init.
+    random_model, _ = embedded.random_model()
+    texts = list(itertools.islice(corpus_texts(seed=99), 16))  # unseen draws of its corpus
+    batch = tokenizer(texts, return_tensors="pt", padding=True)
+    labels = batch["input_ids"].masked_fill(batch["attention_mask"] == 0, -100)
+    with torch.no_grad():
+        trained_loss = model(**batch, labels=labels).loss.item()
+        random_loss = random_model(**batch, labels=labels).loss.item()
+    assert trained_loss < 0.3 * random_loss

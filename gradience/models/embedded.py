@@ -28,6 +28,14 @@ a second. It is an ordinary ``save_pretrained`` folder, loadable by transformers
 place, under a file lock, so concurrent workers (Ray) pre-train once and never see half a
 model. ``embedded:tiny-mistral-random`` is the same architecture and tokenizer with a fixed
 random init (``torch.manual_seed(0)``) and no pre-training, for fast tests.
+
+The default recipe's result also ships inside the package (``gradience/models/assets/``,
+4 MB, the same folder the cache would hold), so a fresh clone's ``make demo`` skips the
+~75 s pre-training; any other recipe is trained and cached as above. After changing the
+default recipe, regenerate the shipped folder (the test suite fails until you do)::
+
+    GRADIENCE_CACHE=$(mktemp -d) python -c "from gradience.models.embedded import pretrained_model; pretrained_model()"
+    # then replace gradience/models/assets/tiny-mistral-* by $GRADIENCE_CACHE/models/tiny-mistral-*
 """
 
 from __future__ import annotations
@@ -62,6 +70,8 @@ PRETRAINED_NAME = "embedded:tiny-mistral"
 RANDOM_NAME = "embedded:tiny-mistral-random"
 EMBEDDED_NAMES = (PRETRAINED_NAME, RANDOM_NAME)
 RECIPE_FILE = "gradience_recipe.json"
+#: Pre-trained folders shipped with the package, named like the cache's.
+SHIPPED_MODELS = Path(__file__).parent / "assets"
 _PROMPT_TEXTS = ["Question: What is it?\nAnswer: 1+2=3 #### 3"]
 
 
@@ -148,7 +158,9 @@ def pretrained_model(
     """(model, tokenizer) of the pre-trained embedded model, training and caching it on first use."""
     from transformers import AutoTokenizer, MistralForCausalLM
 
-    folder = cached_model_dir(recipe)
+    folder = shipped_model_dir(recipe)
+    if not (folder / RECIPE_FILE).is_file():
+        folder = cached_model_dir(recipe)
     if not (folder / RECIPE_FILE).is_file():
         try:
             with _cache_lock(folder.parent / f".{folder.name}.lock"):
@@ -165,8 +177,17 @@ def pretrained_model(
     return model, AutoTokenizer.from_pretrained(folder)
 
 
+def model_folder_name(recipe: PretrainRecipe = DEFAULT_RECIPE) -> str:
+    return f"tiny-mistral-{recipe.cache_key(embedded_vocabulary())}"
+
+
 def cached_model_dir(recipe: PretrainRecipe = DEFAULT_RECIPE) -> Path:
-    return cache_root() / "models" / f"tiny-mistral-{recipe.cache_key(embedded_vocabulary())}"
+    return cache_root() / "models" / model_folder_name(recipe)
+
+
+def shipped_model_dir(recipe: PretrainRecipe = DEFAULT_RECIPE) -> Path:
+    """Where the package ships the pre-trained model of ``recipe`` (present for the default)."""
+    return SHIPPED_MODELS / model_folder_name(recipe)
 
 
 def _train_and_save(recipe: PretrainRecipe, folder: Path, *, progress: bool) -> None:
