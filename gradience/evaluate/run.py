@@ -45,7 +45,10 @@ def load_merged_adapter(model: PreTrainedModel, adapter_dir: Path) -> PreTrained
     """Base model with the adapter merged into its weights (plain forward passes: faster generation)."""
     from peft import PeftModel
 
-    peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+    from gradience.models import quiet_peft_deprecations
+
+    with quiet_peft_deprecations():
+        peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
     return peft_model.merge_and_unload()
 
 

@@ -9,6 +9,9 @@ and ``embedded:tiny-mistral-random`` (random init, for tests).
 
 from __future__ import annotations
 
+import contextlib
+import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -16,7 +19,7 @@ import torch
 from gradience.config import EnvConfig, ExperimentConfig
 from gradience.errors import GradienceError
 
-__all__ = ["load_model_and_tokenizer", "resolve_device", "resolve_dtype"]
+__all__ = ["load_model_and_tokenizer", "quiet_peft_deprecations", "resolve_device", "resolve_dtype"]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -80,3 +83,12 @@ def _reject_hub_only_options(cfg: ExperimentConfig) -> None:
                 "with env.device)",
                 field=f"model.{option}",
             )
+
+
+@contextlib.contextmanager
+def quiet_peft_deprecations() -> Iterator[None]:
+    """Wrap PEFT model construction: PEFT 0.21 reads a property transformers 5 deprecated,
+    a warning that says nothing about the user's run (and repeats once per job)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
+        yield

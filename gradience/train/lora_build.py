@@ -206,14 +206,12 @@ def build_peft_model(
 
     Seed the RNG *before* calling this: LoRA's A matrices are initialised here.
     """
-    import warnings
-
     from peft import get_peft_model
 
+    from gradience.models import quiet_peft_deprecations
+
     check_ranks_match_model(model, ranks, lora.target_modules, source)
-    with warnings.catch_warnings():
-        # PEFT 0.21 reads a property transformers 5 deprecated; it says nothing about the run.
-        warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
+    with quiet_peft_deprecations():
         peft_model = get_peft_model(model, build_lora_config(ranks, lora))
     verify_adapter(peft_model, ranks, expected_scalings(ranks, lora))
     return peft_model, trainable_parameter_count(peft_model)
