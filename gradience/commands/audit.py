@@ -55,8 +55,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     audit.add_argument(
         "--allowed-ranks",
-        default="1,2,4,8,16,32,64",
-        help="ranks a suggestion is rounded up to (default 1,2,4,...,64)",
+        help="comma-separated ranks a suggestion is rounded up to, e.g. 1,2,4,8,16,32,64 "
+        "(default: powers of two up to the adapter's r, so a large module is never rounded down)",
     )
     audit.add_argument(
         "--margin",
