@@ -15,7 +15,7 @@ CONFIG="${1:-experiments/mechanism_test_config.yaml}"
 if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON="$(command -v python3 || true)"; fi
 
 say() { printf '==> %s\n' "$*"; }
-die() { printf 'error: %s\n' "$*" >&2; exit "${2:-1}"; }
+die() { printf 'error: %s\n' "$1" >&2; exit "${2:-1}"; }
 
 [[ -n "$PYTHON" ]] || die "no python3 on PATH and no .venv here: run 'make setup'"
 [[ -f "$CONFIG" ]] || die "config not found: $CONFIG"
