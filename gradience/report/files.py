@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gradience.config import HypothesisConfig, load_config
+from gradience.config import ExperimentConfig, HypothesisConfig, load_config
 from gradience.errors import GradienceError
 from gradience.io import read_model, write_model, write_text_atomic
 from gradience.results import AggregatedResults, AuditResult, MechanismAnalysis, RankPattern
@@ -52,7 +52,12 @@ def load_results(path: Path, metric: str | None = None) -> AggregatedResults:
 
     ``metric`` defaults to the results' own primary metric.
     """
-    results = read_model(path, AggregatedResults)
+    return checked_results(read_model(path, AggregatedResults), path, metric)
+
+
+def checked_results(
+    results: AggregatedResults, path: Path, metric: str | None = None
+) -> AggregatedResults:
     try:
         check_results(results, metric or results.primary_metric)
     except ValueError as exc:
@@ -60,22 +65,19 @@ def load_results(path: Path, metric: str | None = None) -> AggregatedResults:
     return results
 
 
-def load_hypothesis(
+def load_run_config(
     run_dir: Path, config_path: str | Path | None
-) -> tuple[HypothesisConfig | None, str]:
+) -> tuple[ExperimentConfig | None, str]:
     """--config wins, then the run's copy of its config; None means: use defaults."""
     if config_path is not None:
-        return load_config(config_path).hypothesis, str(config_path)
+        return load_config(config_path), str(config_path)
     if (run_dir / CONFIG_FILE).is_file():
-        return load_config(run_dir / CONFIG_FILE).hypothesis, str(run_dir / CONFIG_FILE)
+        return load_config(run_dir / CONFIG_FILE), str(run_dir / CONFIG_FILE)
     return None, "defaults (no config given, none in the run folder)"
 
 
-def _title(run_dir: Path, config_path: str | Path | None) -> str:
-    for candidate in (config_path, run_dir / CONFIG_FILE):
-        if candidate is not None and Path(candidate).is_file():
-            return load_config(candidate).metadata.name
-    return "Mechanism test"
+def _title(config: ExperimentConfig | None) -> str:
+    return config.metadata.name if config is not None else "Mechanism test"
 
 
 def analyze_results(
@@ -89,11 +91,14 @@ def analyze_results(
     then report.md and the figures, into ``output_dir`` (default: next to the results)."""
     results_path = resolve_results_path(results_arg)
     run_dir = results_path.parent
-    hypothesis, source = load_hypothesis(run_dir, config_path)
-    if hypothesis is None:  # no config: the results say which metric they were run for
-        metric = read_model(results_path, AggregatedResults).primary_metric
+    config, source = load_run_config(run_dir, config_path)
+    results = read_model(results_path, AggregatedResults)
+    if config is not None:
+        hypothesis = config.hypothesis
+    else:  # no config: the results say which metric they were run for
+        metric = results.primary_metric
         hypothesis = HypothesisConfig(primary_metric=metric if metric in METRICS else "exact_match")
-    results = load_results(results_path, hypothesis.primary_metric)
+    results = checked_results(results, results_path, hypothesis.primary_metric)
     for a, b in contrasts:
         for variant in (a, b):
             if variant not in results.variants:
@@ -110,9 +115,7 @@ def analyze_results(
     output = AnalysisOutput(analysis, results, results_path, out)
     output.written.append(write_model(out / ANALYSIS_FILE, analysis))
     if report:
-        output.written += write_report(
-            analysis, results, run_dir, out, _title(run_dir, config_path)
-        )
+        output.written += write_report(analysis, results, run_dir, out, _title(config))
     return output
 
 
@@ -135,7 +138,11 @@ def rerender(directory: str | Path) -> AnalysisOutput:
         )
     output = AnalysisOutput(analysis, results, results_path, out)
     output.written += write_report(
-        analysis, results, results_path.parent, out, _title(results_path.parent, None)
+        analysis,
+        results,
+        results_path.parent,
+        out,
+        _title(load_run_config(results_path.parent, None)[0]),
     )
     return output
 
