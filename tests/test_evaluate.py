@@ -14,8 +14,9 @@ from gradience.evaluate.generate import (
     finish_completion,
     generate_completions,
     length_sorted_batches,
+    text_end,
 )
-from gradience.evaluate.run import evaluate_adapter, resolve_adapter_dir, score
+from gradience.evaluate.run import evaluate_adapter, load_adapter, resolve_adapter_dir, score
 from gradience.io import read_model
 from gradience.models import load_model_and_tokenizer
 from gradience.results import EvalResult, Prediction
@@ -179,3 +180,52 @@ def test_adapter_folder_problems_are_clear_errors(tmp_path):
         resolve_adapter_dir(tmp_path)
     (tmp_path / "adapter" / "adapter_model.safetensors").write_bytes(b"")
     assert resolve_adapter_dir(tmp_path) == tmp_path / "adapter"
+
+
+def test_a_completion_ends_with_its_answer_line():
+    assert text_end(" 3+4=7 #### 7\nQuestion: 1+1", [], True) == len(" 3+4=7 #### 7")
+    assert text_end("#### 7 apples\nmore", [], True) == len("#### 7 apples")
+    assert text_end(" #### 7", [], True) is None  # the line may still go on (7 -> 71)
+    assert text_end(" ####\n", [], True) is None  # no number yet
+    assert text_end(" #### 7\n", [], False) is None
+    assert text_end(" 1\nQuestion: #### 7\n", ["\nQuestion:"], True) == 2
+
+
+def test_finish_completion_stops_at_the_end_of_the_answer_line(setup):
+    _, _, tokenizer, _, _ = setup
+    ids = tokenizer(" 3+4=7 #### 7\nmore #### 9", add_special_tokens=False)["input_ids"]
+    assert finish_completion(tokenizer, ids, [], stop_at_answer=True).text == " 3+4=7 #### 7"
+    assert "#### 9" in finish_completion(tokenizer, ids, []).text
+
+
+def test_merged_and_unmerged_adapters_give_identical_completions_on_cpu(tmp_path, setup):
+    """The model scored is the model trained: evaluation keeps LoRA unmerged; on an fp32 CPU
+    model merging would change nothing, which is what this pins down."""
+    from gradience.train.lora_build import build_peft_model, target_module_names
+
+    cfg, _, tokenizer, _, prompts = setup
+    base, _ = noisy_model_loader(cfg)
+    names = target_module_names(base, cfg.lora.target_modules)
+    ranks = {n: (1, 2, 4)[i % 3] for i, n in enumerate(names)}
+    peft_model, _ = build_peft_model(base, ranks, cfg.lora)
+    generator = torch.Generator().manual_seed(1)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:  # a trained-looking adapter: B is no longer zero
+                param.copy_(torch.randn(param.shape, generator=generator) * 0.3)
+    peft_model.save_pretrained(str(tmp_path / "adapter"))
+
+    unmerged = load_adapter(noisy_model_loader(cfg)[0], tmp_path / "adapter")
+    merged = load_adapter(noisy_model_loader(cfg)[0], tmp_path / "adapter").merge_and_unload()
+    plain = noisy_model_loader(cfg)[0]
+    outputs = {
+        label: [
+            g.text
+            for g in generate_completions(
+                model, tokenizer, prompts, batch_size=5, max_new_tokens=12
+            )
+        ]
+        for label, model in (("unmerged", unmerged), ("merged", merged), ("base", plain))
+    }
+    assert outputs["unmerged"] == outputs["merged"]
+    assert outputs["unmerged"] != outputs["base"]  # the adapter does change the completions

@@ -41,10 +41,13 @@ def test_no_number_at_all_gives_none() -> None:
     assert extract_answer("") is None
 
 
-def test_the_answer_after_the_last_marker_wins_over_later_numbers() -> None:
+def test_the_answer_after_the_first_marker_wins_over_later_markers_and_numbers() -> None:
+    # lm-eval's strict match takes the first '#### N': a completion that rambles on past its
+    # answer is scored on the answer, not on the rambling.
     completion = "Step 1: 2+2=4\n#### 4\nQuestion: what is 9+9? 18"
     assert extract_answer(completion) == "4"
-    assert extract_answer("#### 3 then again #### 8 and 100") == "8"
+    assert extract_answer("#### 3 then again #### 8 and 100") == "3"
+    assert extract_strict("so it is 7 … #### 7 … and then #### 9") == "7"
 
 
 def test_calculator_annotations_are_not_answers() -> None:

@@ -1,4 +1,5 @@
-"""Batched greedy generation: left padding, length-sorted batches, stop at EOS or a stop string.
+"""Batched greedy generation: left padding, length-sorted batches, stop at EOS, a stop string,
+or the end of the ``#### N`` answer line.
 
 Batching changes nothing but speed: prompts are left-padded (so every row's next token sits
 in the last column) and positions come from the attention mask, so a row's greedy tokens are
@@ -7,6 +8,7 @@ those it gets alone. Sorting by prompt length keeps padding, and wasted compute,
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -17,6 +19,13 @@ if TYPE_CHECKING:
 
 # Extra tokens decoded beyond a stop string's length: a token may decode to zero characters.
 _STOP_WINDOW_SLACK = 8
+# Tokens decoded to find a finished answer line (a tokenizer that splits digits spends one
+# token per digit: "#### 1234567\n" is about ten).
+_ANSWER_WINDOW = 24
+#: A finished answer line: '####', a number on the same line, then a newline. Generation stops
+#: there and the completion ends before the newline, so what a model writes after its answer
+#: is neither generated (cost) nor scored.
+ANSWER_LINE_RE = re.compile(r"####[^\n]*?\d[^\n]*(?=\n)")
 
 
 @dataclass(frozen=True)
@@ -41,31 +50,48 @@ def length_sorted_batches(lengths: Sequence[int], batch_size: int) -> list[list[
     return [order[start : start + batch_size] for start in range(0, len(order), batch_size)]
 
 
+def text_end(text: str, stop_strings: Sequence[str], stop_at_answer: bool) -> int | None:
+    """Where a completion ends: at the first stop string or after its answer line; None if open."""
+    cuts = [text.find(stop) for stop in stop_strings if stop in text]
+    if stop_at_answer:
+        line = ANSWER_LINE_RE.search(text)
+        if line is not None:
+            cuts.append(line.end())
+    return min(cuts) if cuts else None
+
+
 def _stop_criteria(
-    tokenizer: PreTrainedTokenizerBase, stop_strings: Sequence[str], prompt_width: int
+    tokenizer: PreTrainedTokenizerBase,
+    stop_strings: Sequence[str],
+    prompt_width: int,
+    stop_at_answer: bool,
 ) -> Any:
-    """A per-row StoppingCriteria: True for rows whose new text contains a stop string."""
+    """A per-row StoppingCriteria: True for rows whose new text has ended (see ``text_end``)."""
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList
 
-    window = max(len(s) for s in stop_strings) + _STOP_WINDOW_SLACK
+    window = max([len(s) for s in stop_strings] + [_ANSWER_WINDOW if stop_at_answer else 0])
+    window += _STOP_WINDOW_SLACK
 
-    class StopOnStrings(StoppingCriteria):
+    class StopAtEnd(StoppingCriteria):
         def __call__(
             self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any
         ) -> torch.BoolTensor:
             start = max(prompt_width, input_ids.shape[1] - window)
             tails = tokenizer.batch_decode(input_ids[:, start:], skip_special_tokens=True)
-            done = [any(stop in tail for stop in stop_strings) for tail in tails]
+            done = [text_end(tail, stop_strings, stop_at_answer) is not None for tail in tails]
             return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
 
-    return StoppingCriteriaList([StopOnStrings()])
+    return StoppingCriteriaList([StopAtEnd()])
 
 
 def finish_completion(
-    tokenizer: PreTrainedTokenizerBase, new_ids: Sequence[int], stop_strings: Sequence[str]
+    tokenizer: PreTrainedTokenizerBase,
+    new_ids: Sequence[int],
+    stop_strings: Sequence[str],
+    stop_at_answer: bool = False,
 ) -> Generation:
-    """Cut generated ids at the first EOS (dropped) and the text at the first stop string."""
+    """Cut generated ids at the first EOS (dropped) and the text where it ends (``text_end``)."""
     ids = list(new_ids)
     eos = tokenizer.eos_token_id
     if eos in ids:
@@ -75,10 +101,8 @@ def finish_completion(
         while ids and ids[-1] == tokenizer.pad_token_id:
             ids.pop()
     text = tokenizer.decode(ids, skip_special_tokens=True)
-    cuts = [text.find(stop) for stop in stop_strings if stop in text]
-    if cuts:
-        text = text[: min(cuts)]
-    return Generation(text=text, token_ids=ids)
+    end = text_end(text, stop_strings, stop_at_answer)
+    return Generation(text=text if end is None else text[:end], token_ids=ids)
 
 
 def generate_completions(
@@ -89,10 +113,12 @@ def generate_completions(
     batch_size: int,
     max_new_tokens: int,
     stop_strings: Sequence[str] = (),
+    stop_at_answer: bool = False,
     progress: Callable[[int], None] | None = None,
 ) -> list[Generation]:
     """Greedy completions of ``prompts`` (returned in the prompts' order).
 
+    ``stop_at_answer`` also ends a row at the end of its ``#### N`` line (GSM8K-style tasks).
     ``progress`` is called with the number of prompts finished in each batch.
     """
     import torch
@@ -122,13 +148,13 @@ def generate_completions(
                 input_ids=padded["input_ids"].to(device),
                 attention_mask=padded["attention_mask"].to(device),
                 generation_config=generation_config,
-                stopping_criteria=_stop_criteria(tokenizer, stop_strings, width)
-                if stop_strings
+                stopping_criteria=_stop_criteria(tokenizer, stop_strings, width, stop_at_answer)
+                if stop_strings or stop_at_answer
                 else None,
             )
         for row, index in enumerate(batch):
             results[index] = finish_completion(
-                tokenizer, output[row, width:].tolist(), stop_strings
+                tokenizer, output[row, width:].tolist(), stop_strings, stop_at_answer
             )
         if progress is not None:
             progress(len(batch))

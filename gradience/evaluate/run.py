@@ -41,15 +41,20 @@ def resolve_adapter_dir(path: str | Path) -> Path:
     )
 
 
-def load_merged_adapter(model: PreTrainedModel, adapter_dir: Path) -> PreTrainedModel:
-    """Base model with the adapter merged into its weights (plain forward passes: faster generation)."""
+def load_adapter(model: PreTrainedModel, adapter_dir: Path) -> PreTrainedModel:
+    """The base model with the adapter applied *unmerged*: the model scored is the model trained.
+
+    Merging (``merge_and_unload``) would round W + s·B·A into the base dtype: on a bf16 base the
+    scored weights are not the trained ones, and the rounding differs between variants of
+    different ranks. Unmerged, every forward pass computes W·x + s·B·(A·x) exactly as training
+    did. (On an fp32 base the two agree; a test checks their completions are identical.)
+    """
     from peft import PeftModel
 
     from gradience.models import quiet_peft_deprecations
 
     with quiet_peft_deprecations():
-        peft_model = PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
-    return peft_model.merge_and_unload()
+        return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
 
 
 def evaluate_adapter(
@@ -82,7 +87,7 @@ def evaluate_adapter(
         raise GradienceError("the task has no eval items", field="task.eval_samples")
     model, tokenizer = (model_loader or load_model_and_tokenizer)(cfg)
     if adapter is not None:
-        model = load_merged_adapter(model, adapter)
+        model = load_adapter(model, adapter)
     model.eval()
 
     prompts = [build_prompt(cfg.task, example) for example in items]
@@ -102,6 +107,7 @@ def evaluate_adapter(
         batch_size=cfg.task.eval_batch_size,
         max_new_tokens=cfg.task.max_new_tokens,
         stop_strings=cfg.task.stop_strings,
+        stop_at_answer=True,
         progress=batch_finished,
     )
     generation_time = time.perf_counter() - generation_started

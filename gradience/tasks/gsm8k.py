@@ -2,7 +2,9 @@
 
 Two named extraction steps, as lm-evaluation-harness does for GSM8K:
 
-* ``extract_strict`` ("strict-match"): only the number after the last ``####``;
+* ``extract_strict`` ("strict-match"): only the number after the first ``####`` (as
+  lm-eval's strict match: a completion that rambles on past its answer is scored on the
+  answer, not on the rambling);
 * ``extract_answer`` ("flexible-extract"): the strict answer if there is one, else the last
   number in the completion, ignoring numbers inside ``<<3*4=12>>`` calculator annotations
   (GSM8K's worked solutions carry them; they are intermediate results, not answers).
@@ -67,8 +69,8 @@ def strip_calculator_annotations(text: str) -> str:
 
 
 def extract_strict(completion: str) -> str | None:
-    """The first number after the last ``####``, normalised; None without ``####`` or number."""
-    marker = completion.rfind(ANSWER_MARKER)
+    """The first number after the first ``####``, normalised; None without ``####`` or number."""
+    marker = completion.find(ANSWER_MARKER)
     if marker < 0:
         return None
     tail = strip_calculator_annotations(completion[marker + len(ANSWER_MARKER) :])
