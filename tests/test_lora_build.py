@@ -21,6 +21,7 @@ from gradience.train.lora_build import (
     pattern_key,
     target_module_names,
     uniform_ranks,
+    update_norms,
     verify_adapter,
 )
 
@@ -162,3 +163,24 @@ def test_verify_adapter_catches_a_wrong_scaling():
     wrong = expected_scalings(ranks, lora.model_copy(update={"alpha_policy": "fixed_alpha"}))
     with pytest.raises(GradienceError, match="scaling"):
         verify_adapter(peft_model, ranks, wrong)
+
+
+@pytest.mark.parametrize("policy", ["constant_scale", "fixed_alpha", "rslora"])
+def test_update_norms_equal_the_dense_scaled_update(policy):
+    model = tiny_mistral(layers=2)
+    names = target_module_names(model, TARGETS)
+    ranks = mixed_ranks(names)
+    lora = LoraSection(probe_r=8, lora_alpha=16, target_modules=TARGETS, alpha_policy=policy)
+    peft_model, _ = build_peft_model(model, ranks, lora)
+    generator = torch.Generator().manual_seed(3)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.copy_(torch.randn(param.shape, generator=generator))
+    norms = update_norms(peft_model)
+    assert set(norms) == set(names)
+    for name, layer in lora_layers(peft_model).items():
+        a = layer.lora_A["default"].weight.detach().double()
+        b = layer.lora_B["default"].weight.detach().double()
+        dense = float(layer.scaling["default"]) * torch.linalg.matrix_norm(b @ a)
+        assert norms[name] == pytest.approx(float(dense), rel=1e-9)

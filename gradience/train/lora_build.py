@@ -194,6 +194,22 @@ def verify_adapter(
         )
 
 
+def update_norms(peft_model: PeftModel) -> dict[str, float]:
+    """‖s·B·A‖_F per module: the size of the update each module's LoRA has made to its weight.
+
+    From the r×r Gram matrices (‖BA‖²_F = Σ (BᵀB) ⊙ (AAᵀ)), in float64; no d_out×d_in matrix.
+    """
+    import torch
+
+    norms = {}
+    for name, layer in lora_layers(peft_model).items():
+        a = layer.lora_A[ADAPTER_NAME].weight.detach().to(device="cpu", dtype=torch.float64)
+        b = layer.lora_B[ADAPTER_NAME].weight.detach().to(device="cpu", dtype=torch.float64)
+        squared = float(((b.T @ b) * (a @ a.T)).sum().clamp_min(0.0))
+        norms[name] = abs(float(layer.scaling[ADAPTER_NAME])) * math.sqrt(squared)
+    return norms
+
+
 def trainable_parameter_count(model: nn.Module) -> int:
     """Parameters that receive gradients."""
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
