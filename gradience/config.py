@@ -29,6 +29,7 @@ VARIANT_NAMES = (
     "uniform_median",
     "uniform_p90",
     "per_layer_shuffled_k",
+    "per_layer_reversed",
 )
 
 AlphaPolicy = Literal["constant_scale", "fixed_alpha", "rslora"]
@@ -81,6 +82,9 @@ class TaskConfig(_Section):
     )
     dataset: str = Field("openai/gsm8k", description="Hub dataset id for the gsm8k profile.")
     dataset_config: str = Field("main", description="Hub dataset configuration name.")
+    revision: str | None = Field(
+        None, description="Hub dataset revision (branch, tag or commit) to pin; part of the resume hash."
+    )
     train_split: str = Field("train", description="Split used for training.")
     eval_split: str = Field("test", description="Split used for evaluation.")
     train_file: str | None = Field(
@@ -168,6 +172,12 @@ class LoraSection(_Section):
         "every module (variants differ only in rank); 'fixed_alpha' keeps alpha (scale = alpha/r_i); "
         "'rslora' uses alpha/sqrt(r_i).",
     )
+    paired_init: bool = Field(
+        True,
+        description="Draw each module's LoRA A from its own generator seeded by (run seed, module "
+        "name): probe_r rows drawn, the first r_i kept, so every variant of a seed starts from "
+        "the probe's init wherever their ranks overlap. Off: PEFT's draws from the global stream.",
+    )
 
 
 class CompressionConfig(_Section):
@@ -179,13 +189,25 @@ class CompressionConfig(_Section):
     )
     margin: float = Field(1.0, gt=0, description="Multiply each policy rank by this before rounding up.")
     variants: list[str] = Field(
-        default_factory=lambda: ["probe", "per_layer", "per_layer_shuffled"],
+        default_factory=lambda: [
+            "probe",
+            "per_layer",
+            "per_layer_shuffled_within_type",
+            "per_layer_shuffled",
+        ],
         min_length=1,
-        description="Variants to train, in order. 'probe' always runs first (the audit needs it).",
+        description="Variants to train, in order. 'probe' always runs first (the audit needs it). "
+        "The placement decision needs 'per_layer_shuffled_within_type' (parameter-matched); "
+        "'per_layer_shuffled' is the seed's rule, reported with its parameter ratio.",
     )
     shuffle_k: int = Field(5, gt=0, description="Number of independent shuffles for 'per_layer_shuffled_k'.")
     probe_gate: float = Field(
-        0.0, ge=0, le=1, description="Stop a seed right after its probe if probe exact match is below this."
+        0.0,
+        ge=0,
+        le=1,
+        description="Stop a seed right after its probe if the probe's exact match on 64 of its "
+        "*training* items is below this (never judged on the eval items: that would select seeds "
+        "on the outcome). 0 turns the gate off.",
     )
 
     @field_validator("policy")
@@ -239,7 +261,9 @@ class HypothesisConfig(_Section):
         0.02, description="per_layer must beat probe by more than this (absolute accuracy)."
     )
     mechanism_threshold: float = Field(
-        0.01, description="per_layer must beat per_layer_shuffled by more than this."
+        0.01,
+        description="per_layer must beat the parameter-matched shuffle (per_layer_shuffled_within_type) "
+        "by more than this; also the threshold for per_layer vs uniform_matched (heterogeneity).",
     )
     alpha: float = Field(0.05, gt=0, lt=1, description="Significance level (after Holm correction).")
     min_effect_size: float = Field(0.5, ge=0, description="Minimum Cohen's d for compression efficacy.")
@@ -279,13 +303,17 @@ class ExperimentConfig(_Section):
         return hash_data(self.model_dump(mode="json"))
 
     def training_hash(self) -> str:
-        """Hash of everything that changes a trained adapter or its eval (not env/hypothesis/metadata)."""
+        """Hash of every setting that changes a trained adapter or its eval (not hypothesis/metadata).
+
+        Settings only: the contents of local data files and the library versions are added by
+        :func:`gradience.train.identity.training_identity`, which resume decisions use.
+        """
         data = self.model_dump(mode="json", include={"model", "task", "train", "lora"})
         data["train"].pop("seeds")
         data["train"].pop("report_to")
         data["train"].pop("logging_steps")
         data["train"].pop("dataloader_num_workers")
-        data["env"] = {"torch_dtype": self.env.torch_dtype}
+        data["env"] = {"torch_dtype": self.env.torch_dtype, "device": self.env.device}
         return hash_data(data)
 
 

@@ -4,7 +4,9 @@ Each model maps 1:1 to a JSON file the pipeline writes (``audit.json``, ``ranks/
 ``train_result.json``, ``eval.json``, ``bench.json``, ``aggregated_results.json``,
 ``mechanism_analysis.json``). Stages exchange these models, never each other's internals.
 Extra keys are allowed on read so that newer writers stay readable, but ``schema_version``
-must match.
+must be one this version knows. Version 2 added optional fields only (paired init, update
+norms, parameter ratios, the placement section, gated seeds); files of version 1 read as they
+are, the new fields empty.
 """
 
 from __future__ import annotations
@@ -13,7 +15,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+#: Versions this code reads.
+SchemaVersion = Literal[1, 2]
 
 
 class _Result(BaseModel):
@@ -21,7 +25,7 @@ class _Result(BaseModel):
 
 
 class _Versioned(_Result):
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: SchemaVersion = SCHEMA_VERSION
 
 
 # ---------------------------------------------------------------- audit (gradience audit)
@@ -109,6 +113,12 @@ class TrainResult(_Versioned):
     dropped_examples: int = 0
     versions: dict[str, str] = Field(default_factory=dict)
     config_hash: str | None = None
+    paired_init: bool | None = Field(
+        None, description="A drawn per (seed, module) and shared across variants; null: written before it existed."
+    )
+    update_norms: dict[str, float] = Field(
+        default_factory=dict, description="‖s·B·A‖_F per module after training (the update's size)."
+    )
 
 
 class EvalResult(_Versioned):
@@ -169,6 +179,10 @@ class VariantRun(_Result):
     trainable_params: int
     ranks_file: str
     item_correct: list[int] = Field(description="0/1 per eval item, in eval_item_ids order.")
+    ranks: dict[str, int] | None = Field(None, description="The rank each module trained at.")
+    update_norms: dict[str, float] | None = Field(
+        None, description="‖s·B·A‖_F per module after training (from train_result.json)."
+    )
 
 
 class VariantAggregate(_Result):
@@ -191,6 +205,10 @@ class AggregatedResults(_Versioned):
     eval_item_ids: list[str]
     variants: dict[str, VariantAggregate]
     failures: list[Failure] = Field(default_factory=list)
+    gated_seeds: list[int] = Field(
+        default_factory=list, description="Seeds stopped by the probe gate (judged on training items)."
+    )
+    paired_init: bool | None = Field(None, description="lora.paired_init of the run (null: unknown).")
 
 
 # ---------------------------------------------------------------- analysis
@@ -249,17 +267,66 @@ class Contrast(_Result):
         None, description="Seeds for the target power at a true difference = threshold (observed sd)."
     )
     holm_family: bool = Field(False, description="Whether holm_p corrects over the primary contrasts.")
+    param_ratio: float | None = Field(
+        None, description="Mean trainable parameters of a / of b over the paired seeds."
+    )
+    role: str | None = Field(None, description="What the contrast stands for in the verdict, in words.")
 
 
-VerdictLabel = Literal["real_mechanism", "heterogeneity_only", "no_benefit", "inconclusive"]
+VerdictLabel = Literal[
+    "real_mechanism", "heterogeneity_only", "compression_only", "no_benefit", "inconclusive"
+]
 
 
 class Verdict(_Result):
     label: VerdictLabel
     reasons: list[str]
+    alpha_policy: str | None = Field(None, description="The alpha policy the verdict is conditional on.")
+
+
+class Placement(_Result):
+    """How much a placement contrast could even see in this run."""
+
+    seed_rule_changed_fraction: float | None = Field(
+        description="Fraction of modules whose rank the seed's shuffle changes (mean over seeds)."
+    )
+    within_type_changed_fraction: float | None = Field(
+        description="The same for the within-type (parameter-matched) shuffle."
+    )
+    rank_agreement_across_seeds: float | None = Field(
+        description="Mean Spearman correlation of per_layer's ranks between pairs of seeds."
+    )
+    shuffle_percentile: float | None = Field(
+        description="per_layer's percentile among the k shuffles (mean accuracy over seeds); "
+        "null without per_layer_shuffled_k."
+    )
+    shuffle_permutation_p: float | None = Field(
+        None, description="(1 + shuffles scoring >= per_layer) / (k + 1); null without shuffles."
+    )
+    min_detectable_effect: float | None = Field(
+        None,
+        description="Smallest true placement difference the decision contrast detects with the "
+        "target power, from its observed sd of paired differences and number of seeds.",
+    )
+    threshold: float | None = Field(None, description="hypothesis.mechanism_threshold.")
+    decision_contrast: str | None = Field(None, description="The contrast placement was decided on.")
+    notes: list[str] = Field(default_factory=list)
+
+
+class RankDependence(_Result):
+    """How strongly the size of a variant's update depends on its modules' ranks."""
+
+    slope: float | None = Field(
+        description="Slope of log ‖s·B·A‖_F on log r, within module type, pooled over seeds "
+        "(0: update size independent of rank; 0.5: grows like √r)."
+    )
+    n_modules: int
+    reason: str | None = None
 
 
 class MechanismAnalysis(_Versioned):
     contrasts: dict[str, Contrast]
     verdict: Verdict
     inputs: dict[str, object]
+    placement: Placement | None = None
+    update_norm_vs_rank: dict[str, RankDependence] = Field(default_factory=dict)

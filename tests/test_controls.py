@@ -10,6 +10,7 @@ import pytest
 from gradience.ranks import lora_params, summarize_ranks
 from gradience.ranks.controls import (
     rank_histogram,
+    reversed_within_type,
     shuffled_k,
     shuffled_pattern,
     shuffled_within_type,
@@ -154,3 +155,17 @@ def test_shuffled_k_gives_k_distinct_reproducible_permutations() -> None:
 def test_rank_histogram_counts_modules_per_rank_in_rank_order() -> None:
     assert rank_histogram({"a": 8, "b": 2, "c": 8, "d": 16}) == {"2": 1, "8": 2, "16": 1}
     assert list(rank_histogram({"a": 16, "b": 2})) == ["2", "16"]
+
+
+def test_reversed_within_type_gives_the_largest_rank_to_the_least_needy_module():
+    pattern = {"l0.q": 8, "l1.q": 2, "l2.q": 4, "l0.k": 1, "l1.k": 4}
+    types = {"l0.q": "q", "l1.q": "q", "l2.q": "q", "l0.k": "k", "l1.k": "k"}
+    need = {"l0.q": 9.0, "l1.q": 1.0, "l2.q": 5.0, "l0.k": 0.5, "l1.k": 3.0}
+    flipped = reversed_within_type(pattern, types, need)
+    assert list(flipped) == list(pattern)
+    assert flipped == {"l0.q": 2, "l1.q": 8, "l2.q": 4, "l0.k": 4, "l1.k": 1}
+    for kind in ("q", "k"):
+        names = [n for n in pattern if types[n] == kind]
+        assert Counter(flipped[n] for n in names) == Counter(pattern[n] for n in names)
+    with pytest.raises(ValueError, match="no module type or need"):
+        reversed_within_type(pattern, types, {"l0.q": 1.0})

@@ -21,16 +21,24 @@ from gradience.experiment.jobs import JobEvent
 from gradience.experiment.records import JobRecord
 from gradience.io import read_model
 from gradience.ranks import lora_params
-from gradience.results import AggregatedResults, AuditResult, RankPattern, SeedBench, TrainResult
+from gradience.results import (
+    AggregatedResults,
+    AuditResult,
+    EvalResult,
+    RankPattern,
+    SeedBench,
+    TrainResult,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 TINY_CONFIG = REPO / "experiments" / "configs" / "tiny_test.yaml"
 VARIANTS = [
     "probe",
     "per_layer",
-    "per_layer_shuffled",
     "per_layer_shuffled_within_type",
+    "per_layer_shuffled",
     "uniform_matched",
+    "per_layer_reversed",
 ]
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
@@ -193,6 +201,47 @@ def test_aggregated_results_follow_the_schema_and_the_runs(local_run) -> None:
         )
 
 
+def test_every_train_result_records_paired_init_and_update_norms(local_run) -> None:
+    for seed in (42, 43):
+        for variant in VARIANTS:
+            result = read_model(
+                local_run.run_dir / f"seed_{seed}" / variant / "train_result.json", TrainResult
+            )
+            assert result.paired_init is True
+            assert set(result.update_norms) == set(result.ranks)
+            assert all(norm > 0 for norm in result.update_norms.values())
+    run = local_run.results.variants["per_layer"].runs["42"]
+    assert run.ranks and set(run.update_norms) == set(run.ranks)
+    assert local_run.results.paired_init is True
+
+
+def test_reversed_keeps_each_types_ranks_and_gives_the_neediest_module_the_least(local_run) -> None:
+    for seed in (42, 43):
+        audit = read_model(local_run.run_dir / f"seed_{seed}" / "probe" / "audit.json", AuditResult)
+        per_layer = ranks_of(local_run.run_dir, seed, "per_layer")
+        reversed_ranks = ranks_of(local_run.run_dir, seed, "per_layer_reversed")
+        for kind in {m.type for m in audit.modules}:
+            names = [m.name for m in audit.modules if m.type == kind]
+            assert sorted(per_layer[n] for n in names) == sorted(reversed_ranks[n] for n in names)
+            for a in names:
+                for b in names:
+                    if per_layer[a] > per_layer[b]:  # the audit says a needs more than b
+                        assert reversed_ranks[a] <= reversed_ranks[b]
+
+
+def test_a_new_gradience_version_retrains_every_job(local_run, tmp_path: Path, monkeypatch) -> None:
+    import gradience
+
+    run_dir = tmp_path / "run"
+    shutil.copytree(local_run.run_dir, run_dir)
+    monkeypatch.setattr(gradience, "__version__", gradience.__version__ + ".post1")
+    cfg = one_seed_config(variants=["probe", "per_layer"])
+    run = run_mechanism_test(cfg, run_dir)
+    assert {o.status for o in run.outcomes.values()} == {"done"}
+    versions = read_model(run_dir / "seed_42" / "probe" / "train_result.json", TrainResult).versions
+    assert versions["gradience"].endswith(".post1")
+
+
 def test_rerun_retrains_nothing_and_reproduces_the_aggregate(local_run) -> None:
     before = records(local_run.run_dir)
     aggregated = (local_run.run_dir / "aggregated_results.json").read_text()
@@ -274,13 +323,18 @@ def test_probe_gate_stops_the_seed_before_any_variant_trains(tmp_path: Path, cap
     )
     assert code == 1
     err = capsys.readouterr().err
-    assert "below compression.probe_gate" in err
+    assert "below compression.probe_gate" in err and "training items" in err
+    # judged on training items, never on the eval items (no selection on the test set)
+    gate = read_model(run_dir / "seed_42" / "probe" / "gate" / "eval.json", EvalResult)
+    probe_eval = read_model(run_dir / "seed_42" / "probe" / "eval.json", EvalResult)
+    assert gate.n_items > 0 and not set(gate.item_ids) & set(probe_eval.item_ids)
     assert not (run_dir / "seed_42" / "per_layer").exists()
     assert not (run_dir / "seed_42" / "probe" / "audit.json").exists()
     bench = read_model(run_dir / "seed_42" / "bench.json", SeedBench)
     assert bench.status == "gated" and bench.variants["per_layer"].status == "gated"
     results = read_model(run_dir / "aggregated_results.json", AggregatedResults)
     assert {f.variant for f in results.failures} == {"probe", "per_layer"}
+    assert results.gated_seeds == [42]
     assert all(not v.runs for v in results.variants.values())
     assert main(["mechanism", "status", str(run_dir)]) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if "seed_42/" in line]

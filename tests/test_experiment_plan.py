@@ -36,10 +36,12 @@ def test_every_seed_gets_probe_then_audit_then_its_variants() -> None:
         "seed_44/probe",
         "seed_44/audit",
         "seed_44/per_layer",
+        "seed_44/per_layer_shuffled_within_type",
         "seed_44/per_layer_shuffled",
         "seed_42/probe",
         "seed_42/audit",
         "seed_42/per_layer",
+        "seed_42/per_layer_shuffled_within_type",
         "seed_42/per_layer_shuffled",
     ]
 
@@ -69,3 +71,25 @@ def test_value_stats_use_the_sample_standard_deviation() -> None:
     assert stats.std == pytest.approx(statistics.stdev(values))
     assert value_stats([0.5]).std is None and value_stats([0.5]).mean == 0.5
     assert value_stats([]).mean is None
+
+
+def test_inputs_hash_covers_data_file_contents_device_revision_and_versions(tmp_path, monkeypatch):
+    import gradience
+
+    train_file = tmp_path / "train.jsonl"
+    train_file.write_text('{"question": "1+1?", "answer": "#### 2"}\n')
+    cfg = config()
+    cfg.task.train_file = str(train_file)
+    base = train_inputs_hash(cfg, 42, "probe", None)
+    train_file.write_text('{"question": "1+1?", "answer": "#### 3"}\n')  # same name, new bytes
+    assert train_inputs_hash(cfg, 42, "probe", None) != base
+    train_file.write_text('{"question": "1+1?", "answer": "#### 2"}\n')
+    assert train_inputs_hash(cfg, 42, "probe", None) == base
+    on_cpu = config()
+    on_cpu.task.train_file, on_cpu.env.device = str(train_file), "cpu"
+    assert train_inputs_hash(on_cpu, 42, "probe", None) != base
+    pinned = config()
+    pinned.task.train_file, pinned.task.revision = str(train_file), "abc123"
+    assert train_inputs_hash(pinned, 42, "probe", None) != base
+    monkeypatch.setattr(gradience, "__version__", "99.0")
+    assert train_inputs_hash(cfg, 42, "probe", None) != base

@@ -15,7 +15,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "run",
         help="run (or resume) the mechanism test: probe, audit, variants, eval, for every seed",
         description="Run the controlled experiment of a config: per seed, train and evaluate the "
-        "probe, stop the seed if the probe is below compression.probe_gate, audit the probe, "
+        "probe, stop the seed if the probe scores below compression.probe_gate on training items, audit the probe, "
         "then train and evaluate every variant of compression.variants. Rerunning the same "
         "command skips finished jobs and restarts unfinished ones. Writes RUN/seed_<s>/... and "
         "RUN/aggregated_results.json. Exit code 1 if any job failed or any seed was gated "

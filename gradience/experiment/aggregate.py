@@ -15,7 +15,7 @@ from pathlib import Path
 
 from gradience.errors import GradienceError
 from gradience.experiment import plan
-from gradience.experiment.jobs import gate_message
+from gradience.experiment.jobs import gate_message, gate_score
 from gradience.experiment.records import JobRecord, read_record
 from gradience.io import read_model, write_model
 from gradience.ranks.controls import rank_histogram
@@ -80,7 +80,7 @@ def train_eval_state(
     ranks_file = ranks_path.relative_to(ctx.run_dir).as_posix() if ranks_path.is_file() else None
     if record is None:
         return VariantState("pending", "not started", ranks_file=ranks_file)
-    if record.inputs_hash != plan.train_inputs_hash(ctx.cfg, seed, variant, ranks):
+    if record.inputs_hash != plan.train_inputs_hash(ctx.cfg, seed, variant, ranks, ctx.identity):
         return VariantState("pending", "stale: ran with other inputs", ranks_file=ranks_file)
     if record.status == "failed":
         return VariantState("failed", record.error, ranks_file=ranks_file)
@@ -99,8 +99,8 @@ def upstream_block(ctx: plan.RunContext, seed: int, probe: VariantState) -> Vari
     if probe.status != "done":
         status: JobStatus = "pending" if probe.status == "pending" else "skipped"
         return VariantState(status, f"not run: probe {probe.status}: {probe.error}")
-    assert probe.eval is not None
-    gate = gate_message(ctx, seed, probe.eval.exact_match)
+    probe_dir = plan.job_dir(ctx.run_dir, seed, plan.PROBE)
+    gate = gate_message(ctx, seed, gate_score(probe_dir))
     if gate is not None:
         return VariantState("gated", gate)
     audit = read_record(plan.job_dir(ctx.run_dir, seed, plan.AUDIT))
@@ -193,9 +193,12 @@ def aggregate(ctx: plan.RunContext) -> AggregatedResults:
     runs: dict[str, dict[str, VariantRun]] = {v: {} for v in variants}
     failures: list[Failure] = []
     item_ids: list[str] | None = None
+    gated_seeds: list[int] = []
     for seed in ctx.cfg.train.seeds:
         states, stop = seed_states(ctx, seed)
         gated = any(state.status == "gated" for state in states.values())
+        if gated:
+            gated_seeds.append(seed)
         for variant, state in states.items():
             if state.status != "done" or gated:
                 failures.append(
@@ -221,6 +224,8 @@ def aggregate(ctx: plan.RunContext) -> AggregatedResults:
         eval_item_ids=item_ids or [],
         variants={v: variant_aggregate(runs[v], metric) for v in variants},
         failures=failures,
+        gated_seeds=gated_seeds,
+        paired_init=ctx.cfg.lora.paired_init,
     )
 
 
@@ -232,6 +237,8 @@ def variant_run(state: VariantState, folder: Path, item_ids: list[str]) -> Varia
         trainable_params=state.train.trainable_params,
         ranks_file=state.ranks_file or "",
         item_correct=item_correct(folder / "predictions.jsonl", item_ids),
+        ranks=dict(state.train.ranks),
+        update_norms=dict(state.train.update_norms) or None,
     )
 
 

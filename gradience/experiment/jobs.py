@@ -37,6 +37,10 @@ EventSink = Callable[["JobEvent"], None]
 #: Files a train+eval job writes; removed when its inputs change so no stale result survives.
 TRAIN_EVAL_OUTPUTS = ("train_result.json", "eval.json", "predictions.jsonl")
 ADAPTER_WEIGHTS = Path("adapter") / "adapter_model.safetensors"
+#: The probe gate's own evaluation: on training items, never on the eval items (judging seeds
+#: on their test-set score would select them on the outcome).
+GATE_DIR = "gate"
+GATE_ITEMS = 64
 
 
 @dataclass(frozen=True)
@@ -58,6 +62,7 @@ class JobOutcome:
     exact_match: float | None = None
     output_digest: str | None = None
     ranks: Mapping[str, Mapping[str, int]] | None = None
+    gate_score: float | None = None
 
     @property
     def ok(self) -> bool:
@@ -107,9 +112,9 @@ def train_eval_job(
     """Train (unless this job's training already finished) and evaluate; skip if all done."""
     job = plan.job_id(seed, variant)
     folder = plan.job_dir(ctx.run_dir, seed, variant)
-    inputs = plan.train_inputs_hash(ctx.cfg, seed, variant, ranks)
+    inputs = plan.train_inputs_hash(ctx.cfg, seed, variant, ranks, ctx.identity)
     previous = read_record(folder)
-    if train_eval_finished(previous, inputs, folder):
+    if train_eval_finished(previous, inputs, folder, gated_probe(ctx, variant)):
         outcome = reused_train_eval(job, folder, previous)
         emit(sink, job, "finished", status="reused", exact_match=outcome.exact_match)
         return outcome
@@ -132,6 +137,9 @@ def train_eval_job(
         if not training_finished(clock.record, folder):
             train(ctx, seed, variant, ranks, folder, task_data, reporter(clock, sink, "train"))
             clock.phase_done("train")
+        if gated_probe(ctx, variant):
+            gate_evaluation(ctx, folder, task_data, reporter(clock, sink, "gate"))
+            clock.phase_done("gate")
         result = evaluate(ctx, folder, task_data, reporter(clock, sink, "eval"))
         clock.phase_done("eval")
         record = clock.finish(output_digest=file_digest(folder / ADAPTER_WEIGHTS))
@@ -141,8 +149,35 @@ def train_eval_job(
         return JobOutcome(job, "failed", record.error)
     emit(sink, job, "finished", status="done", exact_match=result.exact_match)
     return JobOutcome(
-        job, "done", exact_match=result.exact_match, output_digest=record.output_digest
+        job,
+        "done",
+        exact_match=result.exact_match,
+        output_digest=record.output_digest,
+        gate_score=gate_score(folder),
     )
+
+
+def gated_probe(ctx: plan.RunContext, variant: str) -> bool:
+    return variant == plan.PROBE and ctx.cfg.compression.probe_gate > 0
+
+
+def gate_evaluation(
+    ctx: plan.RunContext, folder: Path, task_data: TaskData, progress: Callable[[dict], None]
+) -> EvalResult:
+    """The probe's exact match on its first GATE_ITEMS training items (``probe/gate/eval.json``)."""
+    from gradience.evaluate import evaluate_adapter
+    from gradience.tasks import TaskData as Data
+
+    items = Data(train=task_data.train, eval=task_data.train[:GATE_ITEMS], name=task_data.name)
+    return evaluate_adapter(
+        ctx.cfg, folder / "adapter", folder / GATE_DIR, task_data=items, progress=progress
+    )
+
+
+def gate_score(folder: Path) -> float | None:
+    """The probe's training-item exact match, if its gate evaluation ran."""
+    path = folder / GATE_DIR / "eval.json"
+    return read_model(path, EvalResult).exact_match if path.is_file() else None
 
 
 def quiet_library_progress() -> None:
@@ -210,21 +245,28 @@ def training_finished(record: JobRecord, folder: Path) -> bool:
     return "train" in record.phases_done and outputs
 
 
-def train_eval_finished(record: JobRecord | None, inputs: str, folder: Path) -> bool:
-    """Done with these very inputs, and every output still on disk."""
+def train_eval_finished(
+    record: JobRecord | None, inputs: str, folder: Path, gated: bool = False
+) -> bool:
+    """Done with these very inputs, and every output (the gate's too, if gated) still on disk."""
     return (
         record is not None
         and record.status == "done"
         and record.inputs_hash == inputs
         and all((folder / name).is_file() for name in TRAIN_EVAL_OUTPUTS)
         and (folder / ADAPTER_WEIGHTS).is_file()
+        and (not gated or (folder / GATE_DIR / "eval.json").is_file())
     )
 
 
 def reused_train_eval(job: str, folder: Path, record: JobRecord) -> JobOutcome:
     result = read_model(folder / "eval.json", EvalResult)
     return JobOutcome(
-        job, "reused", exact_match=result.exact_match, output_digest=record.output_digest
+        job,
+        "reused",
+        exact_match=result.exact_match,
+        output_digest=record.output_digest,
+        gate_score=gate_score(folder),
     )
 
 
@@ -233,6 +275,7 @@ def remove_outputs(folder: Path) -> None:
     for name in TRAIN_EVAL_OUTPUTS:
         (folder / name).unlink(missing_ok=True)
     shutil.rmtree(folder / "adapter", ignore_errors=True)
+    shutil.rmtree(folder / GATE_DIR, ignore_errors=True)
 
 
 # ---------------------------------------------------------------- gate, audit, ranks
@@ -247,7 +290,7 @@ def audit_job(
         outcome = JobOutcome(job, "skipped", f"not run: {probe.job} {probe.status}")
         emit(sink, job, "finished", status=outcome.status, message=outcome.message)
         return outcome
-    gate = gate_message(ctx, seed, probe.exact_match)
+    gate = gate_message(ctx, seed, probe.gate_score)
     if gate is not None:
         emit(sink, job, "message", text=gate)
         emit(sink, job, "finished", status="gated", message=gate)
@@ -277,15 +320,19 @@ def audit_job(
     return JobOutcome(job, "done", ranks={v: patterns[v].ranks for v in variants})
 
 
-def gate_message(ctx: plan.RunContext, seed: int, exact_match: float | None) -> str | None:
-    """Why this seed stops after its probe, or None if the probe passes the gate."""
+def gate_message(ctx: plan.RunContext, seed: int, train_score: float | None) -> str | None:
+    """Why this seed stops after its probe, or None if the probe passes the gate.
+
+    ``train_score`` is the probe's exact match on training items (``probe/gate/eval.json``),
+    never its eval score: the gate must not select seeds on the outcome it is judged by.
+    """
     gate = ctx.cfg.compression.probe_gate
-    if exact_match is None or exact_match >= gate:
+    if gate <= 0 or train_score is None or train_score >= gate:
         return None
     return (
-        f"seed {seed}: probe exact_match {exact_match:.3f} is below compression.probe_gate "
-        f"{gate:.3f}; its variants are not trained (see the loss curve in "
-        f"{plan.job_id(seed, plan.PROBE)}/train_result.json)"
+        f"seed {seed}: probe exact_match on {GATE_ITEMS} training items {train_score:.3f} is "
+        f"below compression.probe_gate {gate:.3f}; its variants are not trained (see the loss "
+        f"curve in {plan.job_id(seed, plan.PROBE)}/train_result.json)"
     )
 
 

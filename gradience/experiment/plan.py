@@ -19,10 +19,11 @@ Layout under the run folder::
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from gradience.config import ExperimentConfig, hash_data
+from gradience.train.identity import training_identity_hash
 
 PROBE = "probe"
 AUDIT = "audit"
@@ -87,12 +88,20 @@ def experiment_hash(cfg: ExperimentConfig) -> str:
 
 
 def train_inputs_hash(
-    cfg: ExperimentConfig, seed: int, variant: str, ranks: Mapping[str, int] | None
+    cfg: ExperimentConfig,
+    seed: int,
+    variant: str,
+    ranks: Mapping[str, int] | None,
+    identity: str | None = None,
 ) -> str:
-    """A train+eval job's inputs: training config, seed, variant and ranks (None = probe)."""
+    """A train+eval job's inputs: training identity, seed, variant and ranks (None = probe).
+
+    ``identity`` is :func:`gradience.train.identity.training_identity_hash` of ``cfg`` (settings,
+    data file contents, library versions); pass the run's to avoid re-reading data files.
+    """
     return hash_data(
         {
-            "training": cfg.training_hash(),
+            "training": identity if identity is not None else training_identity_hash(cfg),
             "seed": seed,
             "variant": variant,
             "ranks": dict(ranks) if ranks is not None else None,
@@ -114,7 +123,16 @@ def audit_inputs_hash(cfg: ExperimentConfig, seed: int, probe_digest: str | None
 
 @dataclass(frozen=True)
 class RunContext:
-    """What every job needs; picklable, so Ray can ship it to a worker."""
+    """What every job needs; picklable, so Ray can ship it to a worker.
+
+    ``identity`` (computed once, on the driver, when not given) is the training identity every
+    job's resume decision uses, so all jobs of a run, local or remote, agree on it.
+    """
 
     cfg: ExperimentConfig
     run_dir: Path
+    identity: str = field(default="")
+
+    def __post_init__(self) -> None:
+        if not self.identity:
+            object.__setattr__(self, "identity", training_identity_hash(self.cfg))

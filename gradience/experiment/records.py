@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gradience.errors import GradienceError
 from gradience.io import read_model, write_model
-from gradience.results import SCHEMA_VERSION
+from gradience.results import SCHEMA_VERSION, SchemaVersion
 
 JOB_FILE = "job.json"
 
@@ -41,7 +41,7 @@ class JobRecord(BaseModel):
 
     model_config = ConfigDict(extra="allow")
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: SchemaVersion = SCHEMA_VERSION
     job: str = Field(description="Job id: 'seed_42/probe', 'seed_42/audit', ...")
     kind: Literal["train_eval", "audit"]
     seed: int

@@ -31,6 +31,17 @@ def per_layer_ranks(audit: AuditResult, cfg: ExperimentConfig) -> dict[str, int]
     return {name: min(rank, cfg.lora.probe_r) for name, rank in pattern.ranks.items()}
 
 
+def module_need(audit: AuditResult, per_layer: Mapping[str, int]) -> dict[str, float]:
+    """The audit's per-module need: the per_layer rank, ties broken by the effective rank.
+
+    A single float that orders modules like (per_layer rank, effective rank): ranks are
+    integers and effective_rank / (largest effective rank + 1) lies in [0, 1), so it only breaks
+    ties between equal per_layer ranks.
+    """
+    scale = max(m.effective_rank for m in audit.modules) + 1.0
+    return {m.name: per_layer[m.name] + m.effective_rank / scale for m in audit.modules}
+
+
 def control_rules(
     audit: AuditResult, cfg: ExperimentConfig, seed: int
 ) -> dict[str, tuple[str, Callable[[dict[str, int]], dict[str, int]]]]:
@@ -48,6 +59,11 @@ def control_rules(
         "uniform_matched": (
             "uniform rank with the parameter count closest to per_layer's (ties: smaller rank)",
             lambda p: controls.uniform_matched(p, module_shapes(audit), allowed),
+        ),
+        "per_layer_reversed": (
+            "per_layer ranks reversed within module type: the neediest module (per_layer rank, "
+            "then effective rank) gets the smallest rank",
+            lambda p: controls.reversed_within_type(p, module_types(audit), module_need(audit, p)),
         ),
         "uniform_median": ("uniform at the median per_layer rank", controls.uniform_median),
         "uniform_p90": ("uniform at the 90th-percentile per_layer rank", controls.uniform_p90),

@@ -9,6 +9,9 @@ property of ``per_layer`` and destroys another:
   together, ...): the same parameter count when a type's modules share one shape, as in every
   transformer stack; placement across layers is random.
 - ``shuffled_k``: ``k`` independent shuffles, a null distribution of placements.
+- ``reversed_within_type``: within each module type, the same ranks assigned in the reverse
+  order of the audit's per-module need: the worst placement the audit can name, a bound on
+  how much placement can matter at all.
 - ``uniform_matched`` / ``uniform_median`` / ``uniform_p90``: no heterogeneity at all, at a
   matched parameter budget or at a summary of the per_layer ranks.
 
@@ -59,6 +62,29 @@ def shuffled_within_type(
         rng.shuffle(ranks)
         shuffled.update(zip(names, ranks, strict=True))
     return {name: shuffled[name] for name in pattern}
+
+
+def reversed_within_type(
+    pattern: Mapping[str, int], module_types: Mapping[str, str], need: Mapping[str, float]
+) -> dict[str, int]:
+    """Within each module type, the largest rank goes to the module that needs it least.
+
+    Modules of one type are ordered by need, descending (ties: by name), and given that type's
+    ranks in ascending order; so the parameter count is exactly ``pattern``'s and every module
+    the audit rates above another of its type gets a rank no larger than that one's.
+    """
+    missing = [name for name in pattern if name not in module_types or name not in need]
+    if missing:
+        raise ValueError(f"no module type or need given for {missing[:3]}")
+    by_type: dict[str, list[str]] = {}
+    for name in pattern:
+        by_type.setdefault(module_types[name], []).append(name)
+    reversed_ranks: dict[str, int] = {}
+    for names in by_type.values():
+        neediest_first = sorted(names, key=lambda n: (-need[n], n))
+        ascending = sorted(pattern[name] for name in names)
+        reversed_ranks.update(zip(neediest_first, ascending, strict=True))
+    return {name: reversed_ranks[name] for name in pattern}
 
 
 def shuffled_k_seed(seed: int, index: int) -> str:

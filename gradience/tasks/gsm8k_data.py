@@ -91,7 +91,9 @@ def _load_hub_split(task: TaskConfig, split: str) -> list[Example]:
         ) from None
     origin = f"hub dataset {task.dataset} ({task.dataset_config}, split {split})"
     try:
-        rows = datasets.load_dataset(task.dataset, task.dataset_config, split=split)
+        rows = datasets.load_dataset(
+            task.dataset, task.dataset_config, split=split, revision=task.revision
+        )
     except Exception as exc:  # network, auth, missing split: all end the same way for the user
         reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
         raise GradienceError(

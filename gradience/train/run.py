@@ -1,13 +1,14 @@
 """Train one LoRA variant with the Hugging Face Trainer and save a verified adapter.
 
-Reads top to bottom: load → encode → seed → build (verified) → train → save. The seed is set
-before the PEFT model is built (LoRA init) and given to the Trainer's sampler (data order), so
-every variant of one seed sees the same batches in the same order — the paired design.
+Reads top to bottom: load → encode → seed → build (verified) → paired init → train → save.
+The seed is set before the PEFT model is built and given to the Trainer's sampler (data
+order), so every variant of one seed sees the same batches in the same order; with
+``lora.paired_init`` every module's A is drawn from its own (seed, module) generator, so the
+variants also start from the same init wherever their ranks overlap — the paired design.
 """
 
 from __future__ import annotations
 
-import platform
 import shutil
 import time
 from collections.abc import Callable, Mapping
@@ -20,12 +21,15 @@ from gradience.io import read_json, write_json_atomic, write_model
 from gradience.results import SCHEMA_VERSION, TrainResult
 from gradience.train.callbacks import LossGuard, LossRecorder
 from gradience.train.data import CompletionCollator, FeatureDataset, encode_examples
+from gradience.train.identity import library_versions, training_identity_hash
 from gradience.train.lora_build import (
     build_peft_model,
     module_alphas,
     target_module_names,
     uniform_ranks,
+    update_norms,
 )
+from gradience.train.paired_init import apply_paired_init
 
 if TYPE_CHECKING:
     import torch
@@ -79,6 +83,8 @@ def train_variant(
 
     set_seed(seed)  # before get_peft_model: LoRA's A matrices are drawn here
     peft_model, trainable = build_peft_model(model, module_ranks, cfg.lora, ranks_source)
+    if cfg.lora.paired_init:
+        apply_paired_init(peft_model, seed, cfg.lora.probe_r)
     if cfg.train.gradient_checkpointing:
         peft_model.config.use_cache = False
 
@@ -129,6 +135,8 @@ def train_variant(
         resumed_from=resume,
         train_loop_s=train_loop_s,
         adapter_dir=str(adapter_dir),
+        paired_init=cfg.lora.paired_init,
+        update_norms=update_norms(peft_model),
     )
     write_model(output_dir / "train_result.json", result)
     shutil.rmtree(checkpoint_dir, ignore_errors=True)  # the finished adapter supersedes them
@@ -296,22 +304,6 @@ def loss_summary(curve: list[tuple[int, float]]) -> dict[str, Any]:
     }
 
 
-def library_versions() -> dict[str, str]:
-    import peft
-    import torch
-    import transformers
-
-    import gradience
-
-    return {
-        "gradience": gradience.__version__,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-    }
-
-
 def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
     if tokenizer.pad_token_id is None:
         raise GradienceError("the tokenizer has no pad token", field="model.name")
@@ -319,10 +311,10 @@ def _pad_id(tokenizer: PreTrainedTokenizerBase) -> int:
 
 
 def _run_identity(cfg: ExperimentConfig, ranks: Mapping[str, int], seed: int) -> dict[str, Any]:
-    """What a checkpoint must match to be resumed: the training config, the ranks and the seed."""
+    """What a checkpoint must match to be resumed: the training identity, the ranks and the seed."""
     return {
         "schema_version": SCHEMA_VERSION,
-        "training_hash": cfg.training_hash(),
+        "training_hash": training_identity_hash(cfg),
         "ranks_hash": hash_data(dict(ranks)),
         "seed": seed,
     }
