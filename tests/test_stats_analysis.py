@@ -38,12 +38,24 @@ def _json(analysis) -> dict:
 
 def test_json_has_the_issue_schema_keys():
     data = _json(analyze(scenario("real_mechanism", seed_sd=0.005), HypothesisConfig()))
-    assert data["schema_version"] == 1
-    assert set(data["contrasts"]) == {"per_layer_vs_probe", "per_layer_vs_per_layer_shuffled"}
-    assert set(data["verdict"]) == {"label", "reasons"}
+    assert data["schema_version"] == 2
+    assert set(data["contrasts"]) == {
+        "per_layer_vs_probe",
+        "per_layer_vs_per_layer_shuffled_within_type",
+        "per_layer_vs_per_layer_shuffled",
+        "per_layer_vs_uniform_matched",
+    }
+    assert set(data["verdict"]) == {"label", "reasons", "alpha_policy"}
+    assert data["verdict"]["alpha_policy"] == "constant_scale"
+    assert set(data["placement"]) >= {
+        "seed_rule_changed_fraction",
+        "within_type_changed_fraction",
+        "rank_agreement_across_seeds",
+        "shuffle_percentile",
+    }
     assert isinstance(data["inputs"], dict)
     for contrast in data["contrasts"].values():
-        assert set(contrast) >= CONTRAST_KEYS
+        assert set(contrast) >= CONTRAST_KEYS | {"param_ratio"}
         assert set(contrast["paired_t"]) >= {"statistic", "p"}
         assert set(contrast["item_level"]) == {"mcnemar", "pooled"}
         assert set(contrast["item_level"]["pooled"]) >= {"method", "p", "ci95"}
@@ -51,17 +63,24 @@ def test_json_has_the_issue_schema_keys():
         assert all(set(m) == {"b", "c", "p"} for m in contrast["item_level"]["mcnemar"].values())
 
 
-def test_holm_over_the_two_primary_contrasts_matches_the_step_down_formula():
+def test_holm_over_the_three_primary_contrasts_matches_the_step_down_formula():
     analysis = analyze(scenario("real_mechanism", seed_sd=0.01), HypothesisConfig())
-    e, m = (
-        analysis.contrasts["per_layer_vs_probe"],
-        analysis.contrasts["per_layer_vs_per_layer_shuffled"],
-    )
-    low, high = sorted([e.paired_t.p, m.paired_t.p])
-    adjusted_low = min(1.0, 2 * low)
-    expected = {low: adjusted_low, high: max(adjusted_low, high)}
-    assert e.holm_p == pytest.approx(expected[e.paired_t.p])
-    assert m.holm_p == pytest.approx(expected[m.paired_t.p])
+    family = [
+        analysis.contrasts[name]
+        for name in (
+            "per_layer_vs_probe",
+            "per_layer_vs_per_layer_shuffled_within_type",
+            "per_layer_vs_per_layer_shuffled",
+        )
+    ]
+    raw = sorted(c.paired_t.p for c in family)
+    adjusted = [min(1.0, 3 * raw[0])]
+    adjusted.append(max(adjusted[0], min(1.0, 2 * raw[1])))
+    adjusted.append(max(adjusted[1], raw[2]))
+    for c in family:
+        assert c.holm_family and c.holm_p == pytest.approx(adjusted[raw.index(c.paired_t.p)])
+    heterogeneity = analysis.contrasts["per_layer_vs_uniform_matched"]
+    assert not heterogeneity.holm_family and heterogeneity.holm_p is None
 
 
 @pytest.mark.parametrize("seed", range(5))
@@ -109,16 +128,26 @@ def test_a_variant_missing_for_one_seed_pairs_only_common_seeds_and_says_why():
     _json(analysis)
 
 
-def test_a_variant_absent_from_the_results_gives_a_null_contrast_and_no_verdict_on_it():
+def test_a_variant_absent_from_the_results_gives_no_contrast_and_no_verdict_on_it():
     results = build_results(
         {"probe": {42: 0.65, 43: 0.66, 44: 0.64}, "per_layer": {42: 0.70, 43: 0.71, 44: 0.69}}
     )
     analysis = analyze(results, HypothesisConfig())
-    mechanism = analysis.contrasts["per_layer_vs_per_layer_shuffled"]
-    assert mechanism.n_seeds == 0 and mechanism.mean_diff is None and mechanism.holm_p is None
+    assert set(analysis.contrasts) == {"per_layer_vs_probe"}
+    assert analysis.contrasts["per_layer_vs_probe"].holm_p == pytest.approx(
+        analysis.contrasts["per_layer_vs_probe"].paired_t.p  # a family of one
+    )
     assert analysis.verdict.label == "inconclusive"
-    assert any("per_layer_shuffled" in r for r in analysis.verdict.reasons)
+    assert any("neither per_layer_shuffled_within_type" in r for r in analysis.verdict.reasons)
     _json(analysis)
+
+
+def test_an_absent_probe_still_gives_a_null_efficacy_contrast():
+    results = build_results(
+        {"per_layer": {42: 0.70, 43: 0.71}, "per_layer_shuffled": {42: 0.69, 43: 0.70}}
+    )
+    efficacy = analyze(results, HypothesisConfig()).contrasts["per_layer_vs_probe"]
+    assert efficacy.n_seeds == 0 and efficacy.mean_diff is None and efficacy.holm_p is None
 
 
 def test_one_seed_is_inconclusive_and_json_safe():

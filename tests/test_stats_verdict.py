@@ -8,7 +8,7 @@ from fixtures.mechanism import build_results, scenario
 
 from gradience.config import HypothesisConfig
 from gradience.stats import analyze
-from gradience.stats.verdict import decide
+from gradience.stats.verdict import PlacementContrasts, decide
 
 HYP = HypothesisConfig()
 
@@ -97,19 +97,23 @@ def test_thresholds_come_from_the_hypothesis_config():
     results = scenario("real_mechanism", seed_sd=0.001)
     strict = HypothesisConfig(mechanism_threshold=0.05)
     analysis = analyze(results, strict)
-    assert analysis.verdict.label == "heterogeneity_only"  # 0.015 is now clearly below 0.05
+    # placement's 0.015 is now clearly below 0.05, and so is per_layer - uniform_matched (0.02)
+    assert analysis.verdict.label == "compression_only"
+    assert analysis.contrasts["per_layer_vs_per_layer_shuffled_within_type"].threshold == 0.05
     assert analysis.contrasts["per_layer_vs_per_layer_shuffled"].threshold == 0.05
 
 
 def test_item_level_disagreement_is_explained():
     analysis = analyze(scenario("heterogeneity_only", seed_sd=0.001), HYP)
-    m = analysis.contrasts["per_layer_vs_per_layer_shuffled"]
+    m = analysis.contrasts["per_layer_vs_per_layer_shuffled_within_type"]
     assert (m.holm_p < HYP.alpha) != (m.item_level.pooled.p < HYP.alpha)
     assert any("disagree" in r and "seed-level test decides" in r for r in analysis.verdict.reasons)
 
 
 def test_missing_contrasts_are_inconclusive():
-    assert decide(None, None, HYP).label == "inconclusive"
+    verdict = decide(None, PlacementContrasts(), HYP)
+    assert verdict.label == "inconclusive"
+    assert any("neither per_layer_shuffled_within_type nor" in r for r in verdict.reasons)
 
 
 def test_per_layer_clearly_worse_than_the_probe_is_no_benefit_and_says_so():

@@ -23,7 +23,7 @@ RESULTS_FILE = "aggregated_results.json"
 ANALYSIS_FILE = "mechanism_analysis.json"
 REPORT_FILE = "report.md"
 CONFIG_FILE = "config.yaml"
-HEATMAP_VARIANTS = ("per_layer", "per_layer_shuffled")
+HEATMAP_VARIANTS = ("per_layer", "per_layer_shuffled_within_type", "per_layer_shuffled")
 
 
 @dataclass
@@ -156,19 +156,30 @@ def write_report(
 ) -> list[Path]:
     """report.md plus the PNGs whose inputs exist; returns the files written."""
     from gradience.report.markdown import render_report
-    from gradience.report.plots import plot_accuracy, plot_probe_spectra, plot_rank_heatmaps
+    from gradience.report.plots import (
+        plot_accuracy,
+        plot_probe_spectra,
+        plot_rank_heatmaps,
+        plot_update_norms,
+    )
 
     metric = str(analysis.inputs.get("primary_metric", results.primary_metric))
     figures: dict[str, str] = {}
     notes: list[str] = []
     written = [plot_accuracy(results, metric, out / "accuracy.png")]
     figures[f"{metric} per variant: mean ± 95% CI, per-seed points joined by seed"] = "accuracy.png"
+    if any(run.update_norms for v in results.variants.values() for run in v.runs.values()):
+        written.append(plot_update_norms(results, out / "update_norms.png"))
+        figures["update size ‖s·B·A‖_F vs rank, per module type, every variant and seed"] = (
+            "update_norms.png"
+        )
+    else:
+        notes.append("update-norm plot skipped: the results record no update norms (older run)")
     patterns = _rank_patterns(results, run_dir, notes)
     if patterns:
-        written.append(plot_rank_heatmaps(patterns, HEATMAP_VARIANTS, out / "rank_heatmaps.png"))
-        figures["ranks per layer × module type: per_layer vs per_layer_shuffled"] = (
-            "rank_heatmaps.png"
-        )
+        shown = [v for v in HEATMAP_VARIANTS if any(v in p for p in patterns.values())]
+        written.append(plot_rank_heatmaps(patterns, shown, out / "rank_heatmaps.png"))
+        figures[f"ranks per layer × module type: {', '.join(shown)}"] = "rank_heatmaps.png"
     audit_seed, audit = _probe_audit(results, run_dir, notes)
     if audit is not None:
         written.append(

@@ -40,13 +40,24 @@ def _setup(analysis: MechanismAnalysis, results: AggregatedResults) -> list[str]
         ["config hash", f"`{results.config_hash}`"],
         ["alpha policy", results.alpha_policy],
     ]
+    rows.append(
+        [
+            "paired initialisation",
+            {True: "on (A drawn per seed and module)", False: "off (PEFT's global stream)"}.get(
+                results.paired_init, "not recorded"
+            ),
+        ]
+    )
+    gated = ", ".join(str(s) for s in results.gated_seeds) or "none"
+    rows.append(["seeds stopped by the probe gate (judged on training items)", gated])
     if isinstance(hyp, Mapping):
         rows.append(
             [
                 "hypothesis",
                 f"efficacy: per_layer − probe > {hyp.get('compression_threshold')} and "
-                f"Cohen's d > {hyp.get('min_effect_size')}; mechanism: per_layer − per_layer_shuffled > "
-                f"{hyp.get('mechanism_threshold')}; α = {hyp.get('alpha')} (Holm over the two); "
+                f"Cohen's d > {hyp.get('min_effect_size')}; placement: per_layer − "
+                f"per_layer_shuffled_within_type > {hyp.get('mechanism_threshold')}; "
+                f"α = {hyp.get('alpha')} (Holm over the primary contrasts); "
                 f"power target {hyp.get('power')}",
             ]
         )
@@ -95,7 +106,9 @@ def _contrast(name: str, c: Contrast, power: float) -> list[str]:
     paired = f"{c.n_seeds} ({', '.join(str(s) for s in c.seeds)})" if c.seeds else str(c.n_seeds)
     t, w, pooled = c.paired_t, c.welch_t, c.item_level.pooled
     rows = [
+        ["role", c.role or "—"],
         ["paired seeds", paired],
+        ["trainable parameters a / b", _num(c.param_ratio, ".3f")],
         [f"mean diff `{c.a}` − `{c.b}`", _num(c.mean_diff, "+.4f")],
         ["95% CI (t, paired)", _interval(c.ci95)],
         ["paired t, one-sided", f"t = {_num(t.statistic, '.3f')}, p = {_p(t.p)}"],
@@ -132,6 +145,68 @@ def _contrast(name: str, c: Contrast, power: float) -> list[str]:
     return lines + ([""] if notes else [])
 
 
+def _placement(analysis: MechanismAnalysis) -> list[str]:
+    p = analysis.placement
+    if p is None:
+        return []
+    pct = "—" if p.shuffle_percentile is None else f"{p.shuffle_percentile:.0f}th"
+    rows = [
+        [
+            "modules whose rank the seed's shuffle changes",
+            _num(p.seed_rule_changed_fraction, ".2f"),
+        ],
+        [
+            "modules whose rank the within-type shuffle changes",
+            _num(p.within_type_changed_fraction, ".2f"),
+        ],
+        [
+            "per_layer rank agreement across seeds (mean Spearman ρ)",
+            _num(p.rank_agreement_across_seeds, ".2f"),
+        ],
+        [
+            "per_layer among the k shuffles (percentile; permutation p)",
+            f"{pct}; {_p(p.shuffle_permutation_p)}",
+        ],
+        [
+            f"smallest placement effect detectable at the target power ({p.decision_contrast or '—'})",
+            f"{_num(p.min_detectable_effect, '.4f')} (threshold {_num(p.threshold, 'g')})",
+        ],
+    ]
+    lines = ["## Can this run see placement?", ""] + _table(["", ""], rows)
+    if p.min_detectable_effect is not None and p.threshold is not None:
+        if p.min_detectable_effect > p.threshold:
+            lines += [
+                f"- With this spread and these seeds, only a placement effect of "
+                f"{p.min_detectable_effect:.4f} or more would be detected with the target power: "
+                f"more than the threshold {p.threshold:g}. Smaller effects can go unseen.",
+            ]
+        else:
+            lines += [
+                f"- A placement effect at the threshold {p.threshold:g} would be detected with the "
+                "target power.",
+            ]
+    lines += [f"- {note}" for note in p.notes]
+    return lines + [""]
+
+
+def _update_norms(analysis: MechanismAnalysis) -> list[str]:
+    if not analysis.update_norm_vs_rank:
+        return []
+    rows = [
+        [f"`{name}`", _num(d.slope, "+.3f"), str(d.n_modules), d.reason or ""]
+        for name, d in analysis.update_norm_vs_rank.items()
+    ]
+    return [
+        "## Update size vs rank",
+        "",
+        "Slope of log ‖s·B·A‖_F on log r (0: update size independent of rank; 0.5: grows like "
+        "√r). Per variant within module type; `all_variants`: each module against itself "
+        "across the variants of a seed. A slope far from 0 means that placing rank also "
+        "places an effective step size.",
+        "",
+    ] + _table(["variant", "slope", "modules", "note"], rows)
+
+
 def render_report(
     analysis: MechanismAnalysis,
     results: AggregatedResults,
@@ -151,7 +226,14 @@ def render_report(
         "",
     ]
     lines += [f"- {reason}" for reason in analysis.verdict.reasons] + [""]
-    lines += _setup(analysis, results) + _variants(results, metric) + ["## Contrasts", ""]
+    if analysis.verdict.alpha_policy:
+        lines += [
+            f"The verdict is conditional on the alpha policy `{analysis.verdict.alpha_policy}` "
+            "(how each module's LoRA scaling follows its rank).",
+            "",
+        ]
+    lines += _setup(analysis, results) + _variants(results, metric)
+    lines += _placement(analysis) + _update_norms(analysis) + ["## Contrasts", ""]
     hypothesis = analysis.inputs.get("hypothesis")
     power = float(hypothesis.get("power", 0.8)) if isinstance(hypothesis, Mapping) else 0.8
     for name, contrast in analysis.contrasts.items():

@@ -135,3 +135,62 @@ def plot_probe_spectra(audit: AuditResult, path: Path, title: str = "probe") -> 
     plot_energy_curves(audit, energy_ax)
     fig.suptitle(f"{title}: median and 10–90% band over modules of each type", fontsize=10)
     return _save(fig, path)
+
+
+def plot_update_norms(results: AggregatedResults, path: Path) -> Path:
+    """‖s·B·A‖_F against rank for every module of every variant (log-log, all seeds).
+
+    One panel per module type, so modules of one shape are compared with each other; points of
+    a variant are nudged sideways so that variants sharing a rank stay visible.
+    """
+    points: dict[str, dict[str, list[tuple[int, float]]]] = {}
+    for variant, aggregate in results.variants.items():
+        for run in aggregate.runs.values():
+            for name, norm in (run.update_norms or {}).items():
+                if run.ranks and name in run.ranks and norm > 0:
+                    kind = name.rsplit(".", 1)[-1]
+                    points.setdefault(kind, {}).setdefault(variant, []).append(
+                        (run.ranks[name], norm)
+                    )
+    kinds = sorted(points)
+    columns = min(4, max(1, len(kinds)))
+    rows = max(1, -(-len(kinds) // columns))
+    fig = Figure(figsize=(3.4 * columns, 2.9 * rows + 0.6), layout="constrained")
+    axes = fig.subplots(rows, columns, squeeze=False)
+    variants = list(results.variants)
+    colors = dict(zip(variants, _palette(len(variants)), strict=True))
+    for index, ax in enumerate(axes.flat):
+        if index >= len(kinds):
+            ax.set_axis_off()
+            continue
+        kind = kinds[index]
+        for offset, variant in enumerate(variants):
+            data = points[kind].get(variant)
+            if not data:
+                continue
+            ranks, norms = zip(*data, strict=True)
+            nudge = 1.0 + 0.04 * (offset - (len(variants) - 1) / 2)
+            ax.scatter(
+                np.asarray(ranks, dtype=float) * nudge,
+                norms,
+                s=12,
+                alpha=0.6,
+                color=colors[variant],
+                label=variant,
+            )
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_title(kind, fontsize=9)
+        ax.set_xlabel("rank")
+        ax.set_ylabel("‖s·B·A‖_F")
+        ax.grid(alpha=0.3)
+    if not kinds:
+        axes[0][0].set_axis_on()
+        axes[0][0].text(0.5, 0.5, "no update norms recorded", ha="center", va="center")
+    else:
+        handles, labels = axes.flat[0].get_legend_handles_labels()
+        fig.legend(
+            handles, labels, loc="outside lower center", ncols=min(4, len(labels)), fontsize=8
+        )
+    fig.suptitle(f"update size vs rank (alpha policy: {results.alpha_policy})", fontsize=10)
+    return _save(fig, path)

@@ -46,6 +46,17 @@ def _seed_sort_key(seed: str) -> tuple[int, str]:
     return (int(seed), seed) if seed.lstrip("-").isdigit() else (0, seed)
 
 
+def param_ratio(results: AggregatedResults, a: str, b: str, seeds: Sequence[str]) -> float | None:
+    """Mean trainable parameters of A over the paired seeds / the same of B (None if undefined)."""
+    if not seeds:
+        return None
+    runs_a, runs_b = results.variants[a].runs, results.variants[b].runs
+    params_b = float(np.mean([runs_b[s].trainable_params for s in seeds]))
+    if params_b <= 0:
+        return None
+    return float(np.mean([runs_a[s].trainable_params for s in seeds])) / params_b
+
+
 def _test_stat(test: TTest) -> TestStat:
     return TestStat(statistic=test.statistic, p=test.p, reason=test.reason)
 
@@ -148,6 +159,7 @@ def compare(
         values_a=scores_a,
         values_b=scores_b,
         sd_diff=diff.sd,
+        param_ratio=param_ratio(results, a, b, seeds),
     )
     if seeds and all(m.b + m.c == 0 for m in contrast.item_level.mcnemar.values()):
         contrast.notes.append(

@@ -1,12 +1,23 @@
 """The verdict: which of the seed's three scenarios the data support, or "inconclusive".
 
-Decision rule (E = per_layer vs probe, "compression efficacy"; M = per_layer vs
-per_layer_shuffled, "mechanism"; τ_E = hypothesis.compression_threshold, τ_M =
-hypothesis.mechanism_threshold, α = hypothesis.alpha, d_min = hypothesis.min_effect_size).
-The decision p is the seed-level one-sided paired t-test, Holm-adjusted over {E, M}; the
-95% CI is the t interval of the mean paired difference over seeds.
+Contrasts (τ_E = hypothesis.compression_threshold, τ_M = hypothesis.mechanism_threshold,
+α = hypothesis.alpha, d_min = hypothesis.min_effect_size):
 
-Each contrast gets one of three outcomes:
+* E, compression efficacy: per_layer vs probe.
+* M, placement, decided on the parameter-matched contrast per_layer vs
+  per_layer_shuffled_within_type (ranks permuted only among modules of one type, so both
+  variants train exactly as many parameters). The seed's shuffle (per_layer vs
+  per_layer_shuffled) moves rank between module types of different sizes and so also changes
+  the parameter count; it is reported beside M with its parameter ratio, and stands in for M
+  only when no within-type shuffle ran and its ratio lies within 0.95-1.05. Otherwise
+  placement is undecided: a difference could be capacity.
+* H, heterogeneity: per_layer vs uniform_matched (one uniform rank at per_layer's parameter
+  budget), judged with τ_M at α. It is looked at only when E passes and M fails (a fixed
+  sequence), to say whether heterogeneous ranks, placed anywhere, beat uniform ones.
+
+The decision p is the seed-level one-sided paired t-test, Holm-adjusted over the primary
+contrasts present (E and both placement contrasts); the 95% CI is the t interval of the mean
+paired difference over seeds. Each contrast gets one of three outcomes:
 
 * PASS   E: mean diff > τ_E  and  Holm p < α  and  Cohen's d > d_min.
          M: mean diff > τ_M  and  Holm p < α.
@@ -17,15 +28,24 @@ Each contrast gets one of three outcomes:
 * UNDETERMINED   anything else (including any statistic that is undefined: < 2 seeds, zero
          variance, a missing variant).
 
-Label:
+Labels:
 
-* ``real_mechanism``      E PASS and M PASS                      (seed scenario 1)
-* ``heterogeneity_only``  E PASS and M FAIL                      (seed scenario 2)
-* ``no_benefit``          E FAIL and M not PASS                  (seed scenario 3)
+* ``real_mechanism``      E PASS and M PASS: audit-guided placement beats the same ranks
+                          placed at random at the same parameter count, and per_layer beats
+                          the probe                                       (seed scenario 1)
+* ``heterogeneity_only``  E PASS, M FAIL and H PASS: heterogeneous ranks help, where they go
+                          does not                                        (seed scenario 2)
+* ``compression_only``    E PASS, M FAIL, H not PASS (or uniform_matched not run): the audited
+                          ranks beat the probe, placement does not matter, and that
+                          heterogeneity itself helps is not shown
+* ``no_benefit``          E FAIL and M not PASS                          (seed scenario 3)
 * ``inconclusive``        every other combination; the reasons say which criterion is
                           undetermined and why (e.g. "effect above threshold but
                           underpowered: k seeds needed", from the noncentral t at the
                           observed d_z), or that the outcomes fit no scenario (E FAIL, M PASS).
+
+Every verdict is conditional on the alpha policy the variants trained under (how LoRA's
+scaling follows rank, and so how update size depends on rank); the verdict names it.
 
 The item-level pooled bootstrap never changes the label. It is reported beside the seed-level
 test, and when the two disagree at α the reasons say so and why (items are not the unit of
@@ -65,10 +85,16 @@ def _ci(c: Contrast) -> str:
 
 
 def _summary(c: Contrast) -> str:
-    return (
+    text = (
         f"{c.a} - {c.b} = {_fmt(c.mean_diff)} over {c.n_seeds} seed(s), 95% CI {_ci(c)}, "
-        f"paired t p = {_fmt(c.paired_t.p, False)}, Holm p = {_fmt(c.holm_p, False)}"
+        f"paired t p = {_fmt(c.paired_t.p, False)}"
     )
+    return text + (f", Holm p = {_fmt(c.holm_p, False)}" if c.holm_family else " (fixed sequence)")
+
+
+def _decision_p(c: Contrast) -> float | None:
+    """Holm's p in the primary family; the raw one-sided p for a fixed-sequence contrast (H)."""
+    return c.holm_p if c.holm_family else c.paired_t.p
 
 
 def _seeds_needed(c: Contrast, power: float) -> str:
@@ -99,11 +125,12 @@ def judge(
             f"{name} FAILS: {_summary(c)}; the CI lies entirely below "
             f"the threshold {threshold:g}, so a benefit of that size is ruled out",
         )
-    if c.holm_p is None:
+    decision_p = _decision_p(c)
+    if decision_p is None:
         reason = c.paired_t.reason or "the Holm-adjusted p is undefined"
         reason += "".join(f"; {note}" for note in c.notes if "same items" in note)
         return Judgement(Outcome.UNDETERMINED, f"{head}; undetermined: {reason}")
-    significant = c.holm_p < alpha
+    significant = decision_p < alpha
     above = c.mean_diff > threshold
     if above and significant:
         if min_d is None or (c.cohens_d is not None and c.cohens_d > min_d):
@@ -171,6 +198,9 @@ def _item_disagreement(c: Contrast | None, name: str, alpha: float) -> str | Non
     )
 
 
+#: Parameter ratios within which the seed's shuffle may stand in for the matched one.
+PARAM_RATIO_BAND = (0.95, 1.05)
+
 _LABELS = {
     (Outcome.PASS, Outcome.PASS): "real_mechanism",
     (Outcome.PASS, Outcome.FAIL): "heterogeneity_only",
@@ -179,17 +209,97 @@ _LABELS = {
 }
 
 _CONCLUSIONS = {
-    "real_mechanism": "Audit-guided placement helps beyond its rank multiset, and per-layer ranks beat the probe.",
-    "heterogeneity_only": "Per-layer ranks beat the probe, but placing the same ranks at random does as well: "
-    "the audit's placement is not what helps.",
+    "real_mechanism": "Audit-guided placement helps: per_layer beats the same ranks shuffled within "
+    "module type (same parameter count), and per_layer beats the probe.",
+    "heterogeneity_only": "Per-layer ranks beat the probe and beat one uniform rank at the same "
+    "parameter budget, but placing the same ranks at random does as well: heterogeneity helps, "
+    "the audit's placement does not.",
+    "compression_only": "Per-layer ranks beat the probe, but placing the same ranks at random "
+    "does as well; that heterogeneous ranks beat a uniform rank of the same budget is not shown: "
+    "compression helps, placement does not.",
     "no_benefit": "Per-layer ranks do not beat the probe by the compression threshold on this task/model.",
 }
 
 
+@dataclass(frozen=True)
+class PlacementContrasts:
+    """The contrasts the placement and heterogeneity judgements read (None: not in the results)."""
+
+    matched: Contrast | None = None
+    seed_rule: Contrast | None = None
+    heterogeneity: Contrast | None = None
+
+
+def _ratio(c: Contrast | None) -> str:
+    return "undefined" if c is None or c.param_ratio is None else f"{c.param_ratio:.3f}"
+
+
+def _in_band(c: Contrast) -> bool:
+    low, high = PARAM_RATIO_BAND
+    return c.param_ratio is not None and low <= c.param_ratio <= high
+
+
+def judge_placement(
+    placement: PlacementContrasts, hypothesis: HypothesisConfig
+) -> tuple[Judgement, list[str]]:
+    """M's outcome (see module doc) and the sentences about the two placement contrasts."""
+    alpha, tau, power = hypothesis.alpha, hypothesis.mechanism_threshold, hypothesis.power
+    notes: list[str] = []
+    seed_rule = None
+    if placement.seed_rule is not None:
+        seed_rule = judge(
+            placement.seed_rule, "placement (seed's shuffle)", tau, alpha, None, power
+        )
+    if placement.matched is not None:
+        m = judge(placement.matched, "placement (parameter-matched)", tau, alpha, None, power)
+        if seed_rule is not None and seed_rule.outcome is not m.outcome:
+            notes.append(
+                f"The two placement contrasts disagree: per_layer vs the within-type shuffle is "
+                f"{m.outcome.value.upper()}, per_layer vs the seed's shuffle is "
+                f"{seed_rule.outcome.value.upper()}. The seed's shuffle moves rank between module "
+                f"types of different sizes (per_layer / shuffle parameter ratio "
+                f"{_ratio(placement.seed_rule)}), so its difference mixes placement with capacity; "
+                "the parameter-matched contrast decides."
+            )
+        if seed_rule is not None:
+            notes.append(f"{seed_rule.reason} (parameter ratio {_ratio(placement.seed_rule)})")
+        return m, notes
+    if placement.seed_rule is not None and seed_rule is not None:
+        if _in_band(placement.seed_rule):
+            notes.append(
+                f"No within-type shuffle ran; the seed's shuffle stands in because its parameter "
+                f"ratio {_ratio(placement.seed_rule)} lies within {PARAM_RATIO_BAND[0]}-"
+                f"{PARAM_RATIO_BAND[1]}."
+            )
+            return seed_rule, notes
+        return (
+            Judgement(
+                Outcome.UNDETERMINED,
+                f"placement undetermined: no parameter-matched shuffle "
+                f"(per_layer_shuffled_within_type) ran, and the seed's shuffle changes the "
+                f"parameter count (per_layer / shuffle = {_ratio(placement.seed_rule)}, outside "
+                f"{PARAM_RATIO_BAND[0]}-{PARAM_RATIO_BAND[1]}), so a difference could be capacity, "
+                f"not placement; {seed_rule.reason}",
+            ),
+            notes,
+        )
+    return (
+        Judgement(
+            Outcome.UNDETERMINED,
+            "placement undetermined: neither per_layer_shuffled_within_type nor "
+            "per_layer_shuffled is in the results",
+        ),
+        notes,
+    )
+
+
 def decide(
-    efficacy: Contrast | None, mechanism: Contrast | None, hypothesis: HypothesisConfig
+    efficacy: Contrast | None,
+    placement: PlacementContrasts,
+    hypothesis: HypothesisConfig,
+    alpha_policy: str | None = None,
 ) -> Verdict:
-    """Apply the decision rule of the module docstring to the two primary contrasts."""
+    """Apply the decision rule of the module docstring."""
     alpha = hypothesis.alpha
     e = judge(
         efficacy,
@@ -199,18 +309,35 @@ def decide(
         hypothesis.min_effect_size,
         hypothesis.power,
     )
-    m = judge(mechanism, "mechanism", hypothesis.mechanism_threshold, alpha, None, hypothesis.power)
+    m, placement_notes = judge_placement(placement, hypothesis)
     label = _LABELS.get((e.outcome, m.outcome), "inconclusive")
-    if label == "inconclusive":
-        lead = _inconclusive_lead(e.outcome, m.outcome)
-    else:
-        lead = _CONCLUSIONS[label]
-    reasons = [lead, e.reason, m.reason]
+    h_reason = None
+    if label == "heterogeneity_only":
+        h = judge(
+            placement.heterogeneity,
+            "heterogeneity (per_layer vs uniform_matched)",
+            hypothesis.mechanism_threshold,
+            alpha,
+            None,
+            hypothesis.power,
+        )
+        h_reason = h.reason
+        if h.outcome is not Outcome.PASS:
+            label = "compression_only"
+    lead = (
+        _inconclusive_lead(e.outcome, m.outcome) if label == "inconclusive" else _CONCLUSIONS[label]
+    )
+    if alpha_policy:
+        lead += f" Conditional on the alpha policy '{alpha_policy}'."
+    reasons = [lead, e.reason, m.reason, *placement_notes]
+    if h_reason:
+        reasons.append(h_reason)
+    mechanism = placement.matched or placement.seed_rule
     reasons += [
         r
         for r in (
             _item_disagreement(efficacy, "compression efficacy", alpha),
-            _item_disagreement(mechanism, "mechanism", alpha),
+            _item_disagreement(mechanism, "placement", alpha),
         )
         if r
     ]
@@ -221,19 +348,19 @@ def decide(
         )
     if mechanism is not None and mechanism.ci95 is not None and mechanism.ci95[1] < 0:
         reasons.append(
-            "per_layer_shuffled beats per_layer (the 95% CI of the difference lies below 0): "
+            f"{mechanism.b} beats per_layer (the 95% CI of the difference lies below 0): "
             "the audit's placement is worse than random placement."
         )
-    return Verdict(label=label, reasons=reasons)
+    return Verdict(label=label, reasons=reasons, alpha_policy=alpha_policy)
 
 
 def _inconclusive_lead(e: Outcome, m: Outcome) -> str:
     if e is Outcome.FAIL and m is Outcome.PASS:
         return (
-            "Inconclusive: no seed scenario fits. Placement matters (per_layer beats per_layer_shuffled) "
-            "but per_layer does not beat the probe by the compression threshold."
+            "Inconclusive: no seed scenario fits. Placement matters (per_layer beats the shuffled "
+            "ranks) but per_layer does not beat the probe by the compression threshold."
         )
     undetermined = [
-        n for n, o in (("compression efficacy", e), ("mechanism", m)) if o is Outcome.UNDETERMINED
+        n for n, o in (("compression efficacy", e), ("placement", m)) if o is Outcome.UNDETERMINED
     ]
     return f"Inconclusive: {' and '.join(undetermined)} cannot be decided from these data."
