@@ -150,6 +150,13 @@ class TrainConfig(_Section):
         200, gt=0, description="Trainer checkpoint every N steps, used to resume a killed job (null: none)."
     )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
+    padding_free: bool | None = Field(
+        None,
+        description="Flatten each batch into one row with position_ids instead of padding it "
+        "(same examples per step, same per-token loss, no padding compute). null: on where the "
+        "attention implementation keeps packed sequences apart (sdpa, eager, flash-attention); "
+        "true: insist; false: always pad.",
+    )
     report_to: list[str] = Field(
         default_factory=lambda: ["none"], description="Trainer loggers: none, tensorboard, wandb, mlflow."
     )

@@ -119,6 +119,9 @@ class TrainResult(_Versioned):
     update_norms: dict[str, float] = Field(
         default_factory=dict, description="‖s·B·A‖_F per module after training (the update's size)."
     )
+    padding_free: bool | None = Field(
+        None, description="Batches flattened into one row (no padding); null: written before it existed."
+    )
 
 
 class EvalResult(_Versioned):

@@ -242,6 +242,20 @@ def test_a_new_gradience_version_retrains_every_job(local_run, tmp_path: Path, m
     assert versions["gradience"].endswith(".post1")
 
 
+def test_evaluating_the_in_memory_model_equals_loading_the_saved_adapter(local_run, tmp_path) -> None:
+    """Each job trains and evaluates one in-memory model; a fresh load of its saved adapter
+    scores exactly the same completions."""
+    from gradience.evaluate import evaluate_adapter
+
+    for variant in ("probe", "per_layer"):
+        folder = local_run.run_dir / "seed_42" / variant
+        fresh = evaluate_adapter(tiny_config(), folder / "adapter", tmp_path / variant)
+        assert (tmp_path / variant / "predictions.jsonl").read_text() == (
+            folder / "predictions.jsonl"
+        ).read_text()
+        assert fresh.exact_match == read_model(folder / "eval.json", EvalResult).exact_match
+
+
 def test_rerun_retrains_nothing_and_reproduces_the_aggregate(local_run) -> None:
     before = records(local_run.run_dir)
     aggregated = (local_run.run_dir / "aggregated_results.json").read_text()

@@ -23,10 +23,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     analyze = commands.add_parser(
         "analyze",
         help="statistics, verdict, report.md and figures from a run's aggregated results",
-        description="Seed-level paired t-tests (Holm over per_layer vs probe and per_layer vs "
-        "per_layer_shuffled), Cohen's d and d_z, exact McNemar per seed, a hierarchical "
-        "seeds-then-items bootstrap, seeds needed for the target power, and a verdict. Writes "
-        "mechanism_analysis.json, report.md and PNG figures next to the results (or --output).",
+        description="Seed-level paired t-tests (Holm over per_layer vs probe, per_layer vs "
+        "per_layer_shuffled_within_type (parameter-matched: decides placement) and per_layer vs "
+        "per_layer_shuffled (the seed's rule, with its parameter ratio)), Cohen's d and d_z, exact "
+        "McNemar per seed, a hierarchical seeds-then-items bootstrap, seeds needed for the target "
+        "power, a placement section (how much placement this run could see), update size vs rank, "
+        "and a verdict. Writes mechanism_analysis.json, report.md and PNG figures next to the "
+        "results (or --output).",
     )
     analyze.add_argument("results", help="aggregated_results.json, or the run folder holding it")
     analyze.add_argument("--output", metavar="DIR", help="write the analysis and report here")

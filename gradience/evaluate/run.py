@@ -66,28 +66,65 @@ def evaluate_adapter(
     progress: Callable[[dict], None] | None = None,
     model_loader: ModelLoader | None = None,
 ) -> EvalResult:
-    """Greedy-generate an answer for every eval item, score it, write eval.json and predictions.jsonl.
+    """Load the base model (and ``adapter_dir``, unmerged; None: the base model alone), then
+    :func:`evaluate_model`; the model is freed afterwards."""
+    from gradience.models import load_model_and_tokenizer, release_memory
 
-    ``adapter_dir`` None evaluates the base model. ``progress`` gets ``{"done", "total"}``
-    (items) after every generation batch.
+    adapter = resolve_adapter_dir(adapter_dir) if adapter_dir is not None else None
+    task_data = _task_data(cfg, task_data)
+    model, tokenizer = (model_loader or load_model_and_tokenizer)(cfg)
+    if adapter is not None:
+        model = load_adapter(model, adapter)
+    try:
+        return evaluate_model(
+            cfg,
+            model,
+            tokenizer,
+            output_dir,
+            task_data=task_data,
+            progress=progress,
+            adapter_label=str(adapter) if adapter is not None else None,
+        )
+    finally:
+        del model
+        release_memory()
+
+
+def _task_data(cfg: ExperimentConfig, task_data: TaskData | None) -> TaskData:
+    from gradience.tasks import load_task
+
+    task_data = task_data if task_data is not None else load_task(cfg.task)
+    if not task_data.eval:
+        raise GradienceError("the task has no eval items", field="task.eval_samples")
+    return task_data
+
+
+def evaluate_model(
+    cfg: ExperimentConfig,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    output_dir: str | Path,
+    *,
+    task_data: TaskData | None = None,
+    progress: Callable[[dict], None] | None = None,
+    adapter_label: str | None = None,
+) -> EvalResult:
+    """Greedy-generate an answer for every eval item with ``model`` as it is in memory (a
+    trained PeftModel, unmerged, or a base model), score it, write eval.json and
+    predictions.jsonl.
+
+    ``progress`` gets ``{"done", "total"}`` (items) after every generation batch.
+    ``adapter_label`` is recorded as the result's ``adapter``.
     """
     import torch
 
     from gradience.evaluate.generate import generate_completions
-    from gradience.models import load_model_and_tokenizer
-    from gradience.tasks import build_prompt, load_task
+    from gradience.tasks import build_prompt
 
     started = time.perf_counter()
-    adapter = resolve_adapter_dir(adapter_dir) if adapter_dir is not None else None
     if cfg.env.num_threads:
         torch.set_num_threads(cfg.env.num_threads)
-    task_data = task_data if task_data is not None else load_task(cfg.task)
-    items = task_data.eval
-    if not items:
-        raise GradienceError("the task has no eval items", field="task.eval_samples")
-    model, tokenizer = (model_loader or load_model_and_tokenizer)(cfg)
-    if adapter is not None:
-        model = load_adapter(model, adapter)
+    items = _task_data(cfg, task_data).eval
     model.eval()
 
     prompts = [build_prompt(cfg.task, example) for example in items]
@@ -129,13 +166,14 @@ def evaluate_adapter(
         wall_time_s=time.perf_counter() - started,
         tokens_per_s=generated_tokens / generation_time if generation_time > 0 else 0.0,
         generated_tokens=generated_tokens,
-        adapter=str(adapter) if adapter is not None else None,
+        adapter=adapter_label,
         generation_time_s=generation_time,
         base_model=cfg.model.name,
         task=cfg.task.name,
         max_new_tokens=cfg.task.max_new_tokens,
         eval_batch_size=cfg.task.eval_batch_size,
         config_hash=cfg.config_hash(),
+        adapter_applied="unmerged" if adapter_label is not None else None,
     )
     write_model(output_dir / "eval.json", result)
     return result

@@ -3,9 +3,16 @@
 Both run the very same job functions; only the plumbing differs. ``local`` calls them in
 order in this process (the task data is loaded once and shared; events go straight to the
 progress view). ``ray`` submits every job as a task, wiring each seed's DAG with object
-refs (probe -> audit -> variants); Ray decides where and when each runs. The Ray view learns
-about progress from the jobs' ``job.json`` records, so the run folder must be on a file
-system that the workers and the driver share (a single machine, or a cluster's shared disk).
+refs (probe -> audit -> variants); Ray decides where and when each runs:
+
+* every train+eval task takes one GPU when the cluster has GPUs, and runs in a fresh worker
+  process (``max_calls=1``): a reused worker would keep the previous job's CUDA context and
+  memory, and could take a job meant for another GPU;
+* a config that asks for CUDA never falls back to CPU because the cluster has no GPU (yet,
+  on an autoscaling cluster): the run stops before submitting anything;
+* jobs read and write the run folder (the audit reads the probe's adapter; the Ray view reads
+  the records), so every node must see it: the run checks this up front on every node and
+  stops with the node's name when one cannot (put ``env.output_base_dir`` on a shared disk).
 """
 
 from __future__ import annotations
@@ -69,28 +76,81 @@ def run_on_ray(
                 f"cannot connect to Ray at {address!r}: {error}", field="env.ray_address"
             ) from None
     try:
+        resources = job_resources(ctx, ray.cluster_resources().get("GPU", 0))
+        check_shared_run_dir(ctx)
         watcher = RecordWatcher(ctx, sink)  # before submitting: every record change is news
-        return wait_for_jobs(submit_jobs(ctx, task_data), watcher)
+        return wait_for_jobs(submit_jobs(ctx, task_data, resources), watcher)
     finally:
         if started_here:
             ray.shutdown()
 
 
-def job_resources() -> dict[str, Any]:
-    """One GPU per train+eval task when the cluster has any GPU, else one CPU."""
+def job_resources(ctx: plan.RunContext, cluster_gpus: float) -> dict[str, Any]:
+    """One GPU per train+eval task when the cluster has any GPU, else one CPU; never a silent
+    CPU fallback for a config that asks for CUDA (or a hub model on ``auto``)."""
+    if cluster_gpus >= 1:
+        return {"num_gpus": 1}
+    device = ctx.cfg.env.device
+    wants_gpu = device == "cuda" or (
+        device == "auto" and not ctx.cfg.model.name.startswith("embedded:")
+    )
+    if wants_gpu:
+        raise GradienceError(
+            f"env.device is {device!r} but the Ray cluster offers no GPU (on an autoscaling "
+            "cluster: its GPU nodes are not up yet). Start GPU nodes and rerun, or set "
+            "env.device: cpu to run on CPUs on purpose",
+            field="env.device",
+        )
+    return {"num_cpus": 1}
+
+
+def check_shared_run_dir(ctx: plan.RunContext) -> None:
+    """Every alive node must see the run folder's config.yaml, or the run stops now."""
+    import ray
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    marker = str(ctx.run_dir / "config.yaml")
+    nodes = [node for node in ray.nodes() if node.get("Alive")]
+    probes = {
+        node.get("NodeManagerHostname", node["NodeID"]): ray.remote(_sees_file)
+        .options(
+            num_cpus=0,
+            scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
+        )
+        .remote(marker)
+        for node in nodes
+    }
+    blind = [host for host, ref in probes.items() if not ray.get(ref)]
+    if blind:
+        raise GradienceError(
+            f"Ray node(s) {', '.join(sorted(blind))} cannot see the run folder {ctx.run_dir}: "
+            "the ray executor needs it on a disk every node shares (jobs read the probe's adapter "
+            "and write their results there). Put env.output_base_dir on a shared disk, or run "
+            "on one node",
+            field="env.output_base_dir",
+        )
+
+
+def _sees_file(path: str) -> bool:
+    import os
+
+    return os.path.isfile(path)
+
+
+def submit_jobs(
+    ctx: plan.RunContext, task_data: TaskData, train_eval: dict[str, Any]
+) -> dict[str, Any]:
+    """Every seed's DAG as Ray tasks; dependencies are object refs, nothing else.
+
+    ``max_calls=1``: each train+eval job gets a fresh worker process, so nothing (a CUDA
+    context, a model, a GPU assignment) carries over from one job to the next.
+    """
     import ray
 
-    return {"num_gpus": 1} if ray.cluster_resources().get("GPU", 0) >= 1 else {"num_cpus": 1}
-
-
-def submit_jobs(ctx: plan.RunContext, task_data: TaskData) -> dict[str, Any]:
-    """Every seed's DAG as Ray tasks; dependencies are object refs, nothing else."""
-    import ray
-
-    train_eval = job_resources()
-    probe_task = ray.remote(probe_job).options(**train_eval)
-    audit_task = ray.remote(audit_job).options(num_cpus=1)
-    variant_task = ray.remote(variant_job).options(**train_eval)
+    # the decorator form: .options() cannot set max_calls (Ray refuses it there)
+    probe_task = ray.remote(max_calls=1, **train_eval)(probe_job)
+    audit_task = ray.remote(num_cpus=1)(audit_job)
+    variant_task = ray.remote(max_calls=1, **train_eval)(variant_job)
     data_ref = ray.put(task_data)
     refs: dict[str, Any] = {}
     for seed in ctx.cfg.train.seeds:

@@ -25,6 +25,7 @@ from gradience.experiment.records import (
     file_digest,
     read_record,
 )
+from gradience.experiment.trained import TrainedModel, load_trained, train
 from gradience.io import read_model, write_model
 from gradience.results import EvalResult, RankPattern
 
@@ -133,20 +134,28 @@ def train_eval_job(
         phases_done=list(clock.record.phases_done),
     )
     quiet_library_progress()
+    model = None
     try:
         if not training_finished(clock.record, folder):
-            train(ctx, seed, variant, ranks, folder, task_data, reporter(clock, sink, "train"))
+            model = train(
+                ctx, seed, variant, ranks, folder, task_data, reporter(clock, sink, "train")
+            )
             clock.phase_done("train")
+        else:  # only the evaluation was interrupted: load the saved adapter
+            model = load_trained(ctx, folder)
         if gated_probe(ctx, variant):
-            gate_evaluation(ctx, folder, task_data, reporter(clock, sink, "gate"))
+            gate_evaluation(ctx, model, folder, task_data, reporter(clock, sink, "gate"))
             clock.phase_done("gate")
-        result = evaluate(ctx, folder, task_data, reporter(clock, sink, "eval"))
+        result = model.evaluate(ctx, folder, task_data, reporter(clock, sink, "eval"))
         clock.phase_done("eval")
         record = clock.finish(output_digest=file_digest(folder / ADAPTER_WEIGHTS))
     except Exception as error:  # noqa: BLE001 - recorded, shown, and the run goes on
         record = clock.fail(error)
         emit(sink, job, "finished", status="failed", message=record.error)
         return JobOutcome(job, "failed", record.error)
+    finally:
+        if model is not None:
+            model.release()
     emit(sink, job, "finished", status="done", exact_match=result.exact_match)
     return JobOutcome(
         job,
@@ -162,16 +171,17 @@ def gated_probe(ctx: plan.RunContext, variant: str) -> bool:
 
 
 def gate_evaluation(
-    ctx: plan.RunContext, folder: Path, task_data: TaskData, progress: Callable[[dict], None]
+    ctx: plan.RunContext,
+    model: TrainedModel,
+    folder: Path,
+    task_data: TaskData,
+    progress: Callable[[dict], None],
 ) -> EvalResult:
     """The probe's exact match on its first GATE_ITEMS training items (``probe/gate/eval.json``)."""
-    from gradience.evaluate import evaluate_adapter
     from gradience.tasks import TaskData as Data
 
     items = Data(train=task_data.train, eval=task_data.train[:GATE_ITEMS], name=task_data.name)
-    return evaluate_adapter(
-        ctx.cfg, folder / "adapter", folder / GATE_DIR, task_data=items, progress=progress
-    )
+    return model.evaluate(ctx, folder / GATE_DIR, items, progress)
 
 
 def gate_score(folder: Path) -> float | None:
@@ -185,40 +195,6 @@ def quiet_library_progress() -> None:
     from transformers.utils import logging as transformers_logging
 
     transformers_logging.disable_progress_bar()
-
-
-def train(
-    ctx: plan.RunContext,
-    seed: int,
-    variant: str,
-    ranks: Mapping[str, int] | None,
-    folder: Path,
-    task_data: TaskData,
-    progress: Callable[[dict], None],
-) -> None:
-    from gradience.train import train_variant
-
-    source = None if ranks is None else str(plan.ranks_file(ctx.run_dir, seed, variant))
-    train_variant(
-        ctx.cfg,
-        ranks,
-        seed,
-        folder,
-        variant=variant,
-        task_data=task_data,
-        progress=progress,
-        ranks_source=source,
-    )
-
-
-def evaluate(
-    ctx: plan.RunContext, folder: Path, task_data: TaskData, progress: Callable[[dict], None]
-) -> EvalResult:
-    from gradience.evaluate import evaluate_adapter
-
-    return evaluate_adapter(
-        ctx.cfg, folder / "adapter", folder, task_data=task_data, progress=progress
-    )
 
 
 def reporter(clock: JobClock, sink: EventSink | None, phase: str) -> Callable[[dict], None]:

@@ -10,6 +10,8 @@ its last Trainer checkpoint when the config allows.
 from __future__ import annotations
 
 import hashlib
+import os
+import socket
 import time
 import traceback
 from datetime import datetime, timezone
@@ -65,6 +67,19 @@ class JobRecord(BaseModel):
         None,
         description="sha256 of the job's main output (the adapter weights), for downstream hashes.",
     )
+    worker: dict[str, str] | None = Field(
+        None,
+        description="Where the latest attempt ran: host, pid and CUDA_VISIBLE_DEVICES (which GPU).",
+    )
+
+
+def worker_identity() -> dict[str, str]:
+    """The process running a job: on Ray, which worker and which GPU it was given."""
+    return {
+        "host": socket.gethostname(),
+        "pid": str(os.getpid()),
+        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES", ""),
+    }
 
 
 def utc_now() -> str:
@@ -119,6 +134,7 @@ class JobClock:
                 "error": None,
                 "traceback": None,
                 "progress": None,
+                "worker": worker_identity(),
             }
         )
         write_record(folder, record)

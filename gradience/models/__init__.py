@@ -19,7 +19,13 @@ import torch
 from gradience.config import EnvConfig, ExperimentConfig
 from gradience.errors import GradienceError
 
-__all__ = ["load_model_and_tokenizer", "quiet_peft_deprecations", "resolve_device", "resolve_dtype"]
+__all__ = [
+    "load_model_and_tokenizer",
+    "quiet_peft_deprecations",
+    "release_memory",
+    "resolve_device",
+    "resolve_dtype",
+]
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -92,3 +98,17 @@ def quiet_peft_deprecations() -> Iterator[None]:
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated")
         yield
+
+
+def release_memory() -> None:
+    """Give back the memory of models the caller has just dropped.
+
+    accelerate leaves reference cycles between a Trainer, its optimizer and the model, so
+    ``del`` alone frees nothing until the next full collection: over a long local run the
+    GPU would fill up late. Collect now, then return CUDA's cached blocks.
+    """
+    import gc
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

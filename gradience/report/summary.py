@@ -35,7 +35,18 @@ def format_summary(analysis: MechanismAnalysis, results: AggregatedResults) -> s
             f"  {name:<{width}}  diff {_f(c.mean_diff, '+.4f')} CI {ci}  p {_f(c.paired_t.p, '.4g')}"
             f"  holm {_f(c.holm_p, '.4g')}  d {_f(c.cohens_d, '.2f')}  d_z {_f(c.cohens_dz, '.2f')}"
             f"  item p {_f(c.item_level.pooled.p, '.4g')}  seeds@80% {_f(c.seeds_for_80pct_power, 'd')}"
+            f"  params a/b {_f(c.param_ratio, '.3f')}"
         )
+    p = analysis.placement
+    if p is not None:
+        lines += [
+            "",
+            "placement: modules moved by the seed's shuffle "
+            f"{_f(p.seed_rule_changed_fraction, '.2f')}, by the within-type shuffle "
+            f"{_f(p.within_type_changed_fraction, '.2f')}; per_layer rank agreement across seeds "
+            f"{_f(p.rank_agreement_across_seeds, '.2f')}; smallest detectable placement effect "
+            f"{_f(p.min_detectable_effect, '.4f')} (threshold {_f(p.threshold, 'g')})",
+        ]
     lines += ["", "reasons:"] + [f"  - {reason}" for reason in analysis.verdict.reasons]
     if results.failures:
         lines += ["", f"failures recorded: {len(results.failures)} (see report.md)"]

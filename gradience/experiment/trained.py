@@ -1,0 +1,90 @@
+"""The model a train+eval job evaluates: trained (or loaded) once per job, freed once.
+
+Training keeps its PeftModel in memory and the evaluations (the probe gate's and the eval
+set's) run on that very model: no second load of the base model, and the weights scored are
+the weights trained. Only a job whose training finished in an earlier attempt loads the saved
+adapter from disk.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gradience.experiment import plan
+
+if TYPE_CHECKING:
+    from gradience.results import EvalResult
+    from gradience.tasks import TaskData
+
+
+@dataclass
+class TrainedModel:
+    """The model a train+eval job evaluates: loaded once, freed once (see ``release``)."""
+
+    model: Any
+    tokenizer: Any
+    adapter: str
+
+    def evaluate(
+        self,
+        ctx: plan.RunContext,
+        output_dir: Path,
+        task_data: TaskData,
+        progress: Callable[[dict], None],
+    ) -> EvalResult:
+        from gradience.evaluate import evaluate_model
+
+        return evaluate_model(
+            ctx.cfg,
+            self.model,
+            self.tokenizer,
+            output_dir,
+            task_data=task_data,
+            progress=progress,
+            adapter_label=self.adapter,
+        )
+
+    def release(self) -> None:
+        from gradience.models import release_memory
+
+        self.model = None
+        release_memory()
+
+
+def train(
+    ctx: plan.RunContext,
+    seed: int,
+    variant: str,
+    ranks: Mapping[str, int] | None,
+    folder: Path,
+    task_data: TaskData,
+    progress: Callable[[dict], None],
+) -> TrainedModel:
+    """Train the variant and keep it in memory: evaluation reuses this very model."""
+    from gradience.train.run import train_and_keep
+
+    source = None if ranks is None else str(plan.ranks_file(ctx.run_dir, seed, variant))
+    trained = train_and_keep(
+        ctx.cfg,
+        ranks,
+        seed,
+        folder,
+        variant=variant,
+        task_data=task_data,
+        progress=progress,
+        ranks_source=source,
+    )
+    return TrainedModel(trained.model, trained.tokenizer, str(folder / "adapter"))
+
+
+def load_trained(ctx: plan.RunContext, folder: Path) -> TrainedModel:
+    """The base model with the job's saved adapter (unmerged), for an evaluation-only attempt."""
+    from gradience.evaluate.run import load_adapter, resolve_adapter_dir
+    from gradience.models import load_model_and_tokenizer
+
+    adapter = resolve_adapter_dir(folder / "adapter")
+    model, tokenizer = load_model_and_tokenizer(ctx.cfg)
+    return TrainedModel(load_adapter(model, adapter), tokenizer, str(adapter))
