@@ -60,13 +60,36 @@ def text_end(text: str, stop_strings: Sequence[str], stop_at_answer: bool) -> in
     return min(cuts) if cuts else None
 
 
+def ending_tokens(
+    tokenizer: PreTrainedTokenizerBase, stop_strings: Sequence[str], stop_at_answer: bool
+) -> list[int]:
+    """Ids of the tokens that can complete an ending: they contain a stop string's last
+    character, or a newline (the end of an answer line). Only after one of these can a row's
+    text newly end, so only those rows need decoding."""
+    last_chars = {s[-1] for s in stop_strings if s}
+    if stop_at_answer:
+        last_chars.add("\n")
+    vocab = len(tokenizer)
+    return [
+        token
+        for token in range(vocab)
+        if any(c in tokenizer.decode([token], skip_special_tokens=False) for c in last_chars)
+    ]
+
+
 def _stop_criteria(
     tokenizer: PreTrainedTokenizerBase,
     stop_strings: Sequence[str],
     prompt_width: int,
     stop_at_answer: bool,
+    could_end: torch.Tensor,
 ) -> Any:
-    """A per-row StoppingCriteria: True for rows whose new text has ended (see ``text_end``)."""
+    """A per-row StoppingCriteria: True for rows whose new text has ended (see ``text_end``).
+
+    The check starts on the device: a row whose newest token cannot complete an ending
+    (``could_end``, a boolean per vocabulary id) is not decoded at all; the few that can are
+    decoded over a short tail window on the host.
+    """
     import torch
     from transformers import StoppingCriteria, StoppingCriteriaList
 
@@ -74,13 +97,25 @@ def _stop_criteria(
     window += _STOP_WINDOW_SLACK
 
     class StopAtEnd(StoppingCriteria):
+        def __init__(self) -> None:
+            self.done: torch.Tensor | None = None
+
         def __call__(
             self, input_ids: torch.LongTensor, scores: Any, **kwargs: Any
         ) -> torch.BoolTensor:
-            start = max(prompt_width, input_ids.shape[1] - window)
-            tails = tokenizer.batch_decode(input_ids[:, start:], skip_special_tokens=True)
-            done = [text_end(tail, stop_strings, stop_at_answer) is not None for tail in tails]
-            return torch.tensor(done, dtype=torch.bool, device=input_ids.device)
+            if self.done is None:
+                self.done = torch.zeros(
+                    input_ids.shape[0], dtype=torch.bool, device=input_ids.device
+                )
+            candidates = could_end.to(input_ids.device)[input_ids[:, -1]] & ~self.done
+            rows = candidates.nonzero().flatten().tolist()
+            if rows:
+                start = max(prompt_width, input_ids.shape[1] - window)
+                tails = tokenizer.batch_decode(input_ids[rows, start:], skip_special_tokens=True)
+                for row, tail in zip(rows, tails, strict=True):
+                    if text_end(tail, stop_strings, stop_at_answer) is not None:
+                        self.done[row] = True
+            return self.done.clone()
 
     return StoppingCriteriaList([StopAtEnd()])
 
@@ -138,6 +173,13 @@ def generate_completions(
     encoded = [prompt_token_ids(tokenizer, prompt) for prompt in prompts]
     results: list[Generation | None] = [None] * len(prompts)
     device = next(model.parameters()).device
+    could_end = None
+    if stop_strings or stop_at_answer:
+        # the model's vocabulary may be padded beyond the tokenizer's: size the table for both
+        vocab = max(len(tokenizer), int(getattr(model.config, "vocab_size", 0) or 0))
+        could_end = torch.zeros(vocab, dtype=torch.bool)
+        could_end[ending_tokens(tokenizer, stop_strings, stop_at_answer)] = True
+        could_end = could_end.to(device)
     for batch in length_sorted_batches([len(ids) for ids in encoded], batch_size):
         padded = tokenizer.pad(
             {"input_ids": [encoded[i] for i in batch]}, padding=True, return_tensors="pt"
@@ -148,8 +190,10 @@ def generate_completions(
                 input_ids=padded["input_ids"].to(device),
                 attention_mask=padded["attention_mask"].to(device),
                 generation_config=generation_config,
-                stopping_criteria=_stop_criteria(tokenizer, stop_strings, width, stop_at_answer)
-                if stop_strings or stop_at_answer
+                stopping_criteria=_stop_criteria(
+                    tokenizer, stop_strings, width, stop_at_answer, could_end
+                )
+                if could_end is not None
                 else None,
             )
         for row, index in enumerate(batch):
