@@ -75,7 +75,9 @@ class BatchRecorder:
         if module.training:
             ids = kwargs["input_ids"]
             self.batches.append(hashlib.sha256(ids.numpy().tobytes()).hexdigest()[:16])
-            self.tokens += int(kwargs["attention_mask"].sum())
+            mask = kwargs.get("attention_mask")
+            # padded batches carry a mask; flattened (padding-free) ones are all real tokens
+            self.tokens += int(mask.sum()) if mask is not None else ids.numel()
 
 
 def test_collator_masks_exactly_the_prompt_and_padding(task_data):
@@ -280,7 +282,7 @@ def test_gradient_checkpointing_is_on_and_still_trains_the_adapter(tmp_path, tas
 
 
 def test_every_train_knob_reaches_the_trainer(tmp_path):
-    from gradience.train.run import training_arguments
+    from gradience.train.arguments import training_arguments
 
     knobs = {
         "max_steps": 17,
