@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import TypeVar
@@ -11,8 +12,12 @@ from typing import TypeVar
 from pydantic import BaseModel, ValidationError
 
 from gradience.errors import GradienceError
+from gradience.faults import fault_point
 
 M = TypeVar("M", bound=BaseModel)
+
+#: The temp copy write_text_atomic renames into place: ".<name>.<8 random chars>.tmp".
+_TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
@@ -27,11 +32,19 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        fault_point("rename", path.name)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def stale_temp_files(folder: str | Path) -> list[Path]:
+    """Temp copies under ``folder`` that a killed process never renamed into place."""
+    return sorted(
+        p for p in Path(folder).rglob(".*.tmp") if _TEMP_NAME.match(p.name) and p.is_file()
+    )
 
 
 def _umask() -> int:

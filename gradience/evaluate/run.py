@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from gradience.config import ExperimentConfig
 from gradience.errors import GradienceError
+from gradience.faults import fault_point
 from gradience.io import write_model, write_text_atomic
 from gradience.results import EvalResult, Prediction
 
@@ -93,6 +94,7 @@ def evaluate_adapter(
         done += n
         if progress is not None:
             progress({"done": done, "total": len(items)})
+        fault_point("eval_batch")
 
     generation_started = time.perf_counter()
     generations = generate_completions(
