@@ -86,10 +86,13 @@ def read_model(path: str | Path, model_type: type[M]) -> M:
 def describe_validation_error(exc: ValidationError) -> str:
     """One line: the key path of the first error and what was expected."""
     first = exc.errors()[0]
-    loc = ".".join(str(part) for part in first["loc"]) or "<root>"
+    loc = ".".join(str(part) for part in first["loc"])
     extra = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
+    message = first["msg"].removeprefix("Value error, ")
+    if not loc:  # a check across fields names them itself; the whole input would not help
+        return f"{message}{extra}"
     got = first.get("input")
     got_text = "" if first["type"] == "missing" else f"; got {got!r}"
     if len(got_text) > 80:
         got_text = got_text[:77] + "..."
-    return f"{loc}: {first['msg']}{got_text}{extra}"
+    return f"{loc}: {message}{got_text}{extra}"

@@ -65,9 +65,9 @@ def parse_seeds(text: str) -> list[int]:
 
 def configured(args: argparse.Namespace) -> Any:
     """The config file with the command line's overrides applied (and validated)."""
-    from gradience.config import load_config
+    from gradience.config import RUN_REQUIRED, load_config
 
-    cfg = load_config(args.config).model_copy(deep=True)
+    cfg = load_config(args.config, required=RUN_REQUIRED).model_copy(deep=True)
     if args.seeds:
         cfg.train.seeds = parse_seeds(args.seeds)
     if args.output:

@@ -71,7 +71,7 @@ def open_run_folder(
     """Claim ``run_dir`` for a run of ``cfg`` (see the module docstring); released on exit."""
     ensure_writable(run_dir)
     with folder_lock(run_dir):
-        if not fresh or not any(run_dir.iterdir()):
+        if not (fresh and holds_a_run(run_dir)):
             check_earlier_run(run_dir, cfg)
             sweep_partial_files(run_dir)
             yield RunFolder(run_dir)
@@ -128,17 +128,28 @@ def folder_lock(run_dir: Path) -> Iterator[None]:
         os.close(fd)  # closing the descriptor releases the lock
 
 
+def holds_a_run(run_dir: Path) -> bool:
+    """True for an earlier run's folder, False for an empty one; refuses any other folder.
+
+    Only what gradience wrote is ever moved aside or written over: a folder of the user's
+    own files (``--output .``, a typo) is refused even with ``--fresh``.
+    """
+    if (run_dir / CONFIG_FILE).is_file():
+        return True
+    if any(run_dir.iterdir()):
+        raise GradienceError(
+            "the folder is not empty and holds no gradience run (no config.yaml); "
+            "choose a new or empty --output",
+            path=run_dir,
+        )
+    return False
+
+
 def check_earlier_run(run_dir: Path, cfg: ExperimentConfig) -> None:
     """Refuse a config that differs from the earlier run's in anything that shaped a result."""
-    config_file = run_dir / CONFIG_FILE
-    if not config_file.is_file():
-        if any(run_dir.iterdir()):
-            raise GradienceError(
-                "the folder is not empty and holds no gradience run (no config.yaml); "
-                "choose a new or empty --output",
-                path=run_dir,
-            )
+    if not holds_a_run(run_dir):
         return
+    config_file = run_dir / CONFIG_FILE
     try:
         earlier = load_config(config_file)
     except GradienceError as error:
