@@ -242,6 +242,11 @@ class EnvConfig(_Section):
         True, description="An unfinished training job restarts from its last Trainer checkpoint."
     )
     num_threads: int | None = Field(None, gt=0, description="torch CPU threads (null: torch's default).")
+    ray_dashboard: bool = Field(
+        False,
+        description="Start Ray's dashboard (on 127.0.0.1) when gradience starts Ray itself; "
+        "off by default. A Ray that gradience starts binds to 127.0.0.1 only.",
+    )
 
 
 class HypothesisConfig(_Section):
