@@ -242,6 +242,13 @@ class EnvConfig(_Section):
         True, description="An unfinished training job restarts from its last Trainer checkpoint."
     )
     num_threads: int | None = Field(None, gt=0, description="torch CPU threads (null: torch's default).")
+    deterministic: bool = Field(
+        False,
+        description="Deterministic kernels: torch.use_deterministic_algorithms(True), cuDNN "
+        "deterministic without autotuning, CUBLAS_WORKSPACE_CONFIG=:4096:8. Same GPU model and "
+        "library versions then give the same bits (slower; an op without a deterministic kernel "
+        "fails). CPU runs are reproducible without it. See README, Reliability.",
+    )
     ray_dashboard: bool = Field(
         False,
         description="Start Ray's dashboard (on 127.0.0.1) when gradience starts Ray itself; "
