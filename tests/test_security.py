@@ -105,22 +105,31 @@ def test_a_planted_pickle_in_a_checkpoint_is_not_run_on_resume(tmp_path) -> None
 
 def test_no_unpickling_yaml_loading_or_remote_code_switch_in_the_package() -> None:
     """Static guard: every torch.load asks for weights_only=True; no pickle, no yaml.load;
-    trust_remote_code is only ever passed on from the config."""
+    trust_remote_code, as a keyword or a kwargs-dict key, only ever comes from the config."""
+    remote_code_settings = []
     for path in sorted((REPO / "gradience").rglob("*.py")):
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in ast.walk(tree):
+            where = f"{path.relative_to(REPO)}:{getattr(node, 'lineno', '?')}"
             if isinstance(node, (ast.Import, ast.ImportFrom)):
                 names = [a.name for a in node.names] + [getattr(node, "module", None) or ""]
-                assert not {"pickle", "dill", "cloudpickle", "marshal"} & set(names), path
+                assert not {"pickle", "dill", "cloudpickle", "marshal"} & set(names), where
+            if isinstance(node, ast.Dict):
+                for key, value in zip(node.keys, node.values, strict=True):
+                    if isinstance(key, ast.Constant) and key.value == "trust_remote_code":
+                        remote_code_settings.append((where, ast.unparse(value)))
             if not isinstance(node, ast.Call):
                 continue
             func = ast.unparse(node.func)
             keywords = {k.arg: ast.unparse(k.value) for k in node.keywords}
             if func == "torch.load":
-                assert keywords.get("weights_only") == "True", f"{path}:{node.lineno}"
-            assert func not in ("yaml.load", "yaml.unsafe_load", "yaml.full_load"), path
+                assert keywords.get("weights_only") == "True", where
+            assert func not in ("yaml.load", "yaml.unsafe_load", "yaml.full_load"), where
             if "trust_remote_code" in keywords:
-                assert keywords["trust_remote_code"] == "model_cfg.trust_remote_code", path
+                remote_code_settings.append((where, keywords["trust_remote_code"]))
+    assert remote_code_settings, "found no trust_remote_code at all: the check would prove nothing"
+    for where, value in remote_code_settings:
+        assert value == "model_cfg.trust_remote_code", where
 
 
 # ---------------------------------------------------------------- remote code, YAML
