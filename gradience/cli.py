@@ -43,7 +43,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except GradienceError as exc:
-        print(f"gradience: error: {exc}", file=sys.stderr)
+        print(f"gradience: error: {config_file_of(exc, args)}{exc}", file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("gradience: interrupted; finished results are kept", file=sys.stderr)
@@ -53,6 +53,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         # the interpreter's final flush does not raise again.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
+
+
+def config_file_of(exc: GradienceError, args: argparse.Namespace) -> str:
+    """'CONFIG: ' when an error names a config field but no file (found deep in a stage)."""
+    config = getattr(args, "config", None)
+    if exc.path is not None or not exc.field or config is None:
+        return ""
+    from gradience.config import ExperimentConfig
+
+    return f"{config}: " if exc.field.split(".")[0] in ExperimentConfig.model_fields else ""
 
 
 if __name__ == "__main__":

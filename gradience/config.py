@@ -69,6 +69,11 @@ class ModelConfig(_Section):
     trust_remote_code: bool = Field(
         False, description="Allow the model repository to run its own code. Off unless you trust it."
     )
+    allow_pickle: bool = Field(
+        False,
+        description="Load pickle weights (.bin) when a model has no safetensors, through "
+        "torch.load(weights_only=True). Off: a pickle can run code when loaded.",
+    )
     gguf_file: str | None = Field(
         None, description="GGUF file inside the model repo/folder to load (dequantized) instead of safetensors."
     )
@@ -161,6 +166,14 @@ class TrainConfig(_Section):
         default_factory=lambda: ["none"], description="Trainer loggers: none, tensorboard, wandb, mlflow."
     )
     dataloader_num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
+
+    @field_validator("seeds")
+    @classmethod
+    def _distinct_seeds(cls, value: list[int]) -> list[int]:
+        repeated = sorted({seed for seed in value if value.count(seed) > 1})
+        if repeated:
+            raise ValueError(f"seed(s) {repeated} listed twice; each seed is one independent run")
+        return value
 
 
 class LoraSection(_Section):
@@ -258,6 +271,18 @@ class EnvConfig(_Section):
         True, description="An unfinished training job restarts from its last Trainer checkpoint."
     )
     num_threads: int | None = Field(None, gt=0, description="torch CPU threads (null: torch's default).")
+    deterministic: bool = Field(
+        False,
+        description="Deterministic kernels: torch.use_deterministic_algorithms(True), cuDNN "
+        "deterministic without autotuning, CUBLAS_WORKSPACE_CONFIG=:4096:8. Same GPU model and "
+        "library versions then give the same bits (slower; an op without a deterministic kernel "
+        "fails). CPU runs are reproducible without it. See README, Reliability.",
+    )
+    ray_dashboard: bool = Field(
+        False,
+        description="Start Ray's dashboard (on 127.0.0.1) when gradience starts Ray itself; "
+        "off by default. A Ray that gradience starts binds to 127.0.0.1 only.",
+    )
 
 
 class HypothesisConfig(_Section):
@@ -330,18 +355,45 @@ def hash_data(data: Any) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
-def load_config(path: str | Path) -> ExperimentConfig:
-    """Read and validate a YAML config; any problem becomes one GradienceError naming file and key."""
+def describe_yaml_error(exc: yaml.YAMLError) -> str:
+    """'line L, column C: problem' (PyYAML's own text spans several lines and quotes the source)."""
+    mark, problem = getattr(exc, "problem_mark", None), getattr(exc, "problem", None)
+    if mark is None or problem is None:
+        return " ".join(str(exc).split())
+    context = getattr(exc, "context", None)
+    return f"line {mark.line + 1}, column {mark.column + 1}: {problem}" + (
+        f" ({context})" if context else ""
+    )
+
+
+#: Keys a config must set to train or evaluate: their defaults (the flagship's Mistral-7B on
+#: GSM8K) are too costly to fall back on because a section was forgotten.
+RUN_REQUIRED = ("model.name", "task.name")
+
+
+def load_config(path: str | Path, *, required: tuple[str, ...] = ()) -> ExperimentConfig:
+    """Read and validate a YAML config; any problem becomes one GradienceError naming file and key.
+
+    ``required``: dotted keys the file itself must set (e.g. :data:`RUN_REQUIRED`), checked
+    after validation. Analysis overrides legitimately hold one section, so the default is none.
+    """
     path = Path(path)
     if not path.is_file():
         raise GradienceError("config file not found", path=path)
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
-        raise GradienceError(f"not valid YAML: {exc}".replace("\n", " "), path=path) from None
+        raise GradienceError(f"not valid YAML: {describe_yaml_error(exc)}", path=path) from None
     if not isinstance(data, dict):
         raise GradienceError("top level must be a mapping of sections", path=path)
     try:
-        return ExperimentConfig.model_validate(data)
+        cfg = ExperimentConfig.model_validate(data)
     except ValidationError as exc:
         raise GradienceError(describe_validation_error(exc), path=path) from None
+    for key in required:
+        section, name = key.split(".", 1)
+        if not isinstance(data.get(section), dict):
+            raise GradienceError(f"section missing; a run needs {key}", path=path, field=section)
+        if name not in data[section]:
+            raise GradienceError("missing; a run must set it explicitly", path=path, field=key)
+    return cfg

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import tempfile
 from pathlib import Path
 from typing import TypeVar
@@ -11,8 +12,12 @@ from typing import TypeVar
 from pydantic import BaseModel, ValidationError
 
 from gradience.errors import GradienceError
+from gradience.faults import fault_point
 
 M = TypeVar("M", bound=BaseModel)
+
+#: The temp copy write_text_atomic renames into place: ".<name>.<8 random chars>.tmp".
+_TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
@@ -27,11 +32,19 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        fault_point("rename", path.name)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def stale_temp_files(folder: str | Path) -> list[Path]:
+    """Temp copies under ``folder`` that a killed process never renamed into place."""
+    return sorted(
+        p for p in Path(folder).rglob(".*.tmp") if _TEMP_NAME.match(p.name) and p.is_file()
+    )
 
 
 def _umask() -> int:
@@ -73,10 +86,13 @@ def read_model(path: str | Path, model_type: type[M]) -> M:
 def describe_validation_error(exc: ValidationError) -> str:
     """One line: the key path of the first error and what was expected."""
     first = exc.errors()[0]
-    loc = ".".join(str(part) for part in first["loc"]) or "<root>"
+    loc = ".".join(str(part) for part in first["loc"])
     extra = f" (and {exc.error_count() - 1} more problem(s))" if exc.error_count() > 1 else ""
+    message = first["msg"].removeprefix("Value error, ")
+    if not loc:  # a check across fields names them itself; the whole input would not help
+        return f"{message}{extra}"
     got = first.get("input")
     got_text = "" if first["type"] == "missing" else f"; got {got!r}"
     if len(got_text) > 80:
         got_text = got_text[:77] + "..."
-    return f"{loc}: {first['msg']}{got_text}{extra}"
+    return f"{loc}: {message}{got_text}{extra}"

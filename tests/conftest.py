@@ -14,3 +14,24 @@ def one_torch_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def reliability_config_file(tmp_path_factory):
+    """The smallest real mechanism test (tests/fixtures/reliability.py), as a YAML file."""
+    from fixtures.reliability import reliability_config, write_config
+
+    return write_config(reliability_config(), tmp_path_factory.mktemp("config") / "small.yaml")
+
+
+@pytest.fixture(scope="session")
+def reference_run(reliability_config_file, tmp_path_factory):
+    """One uninterrupted run of that config: what every interrupted or repeated run must equal."""
+    from gradience.config import load_config
+    from gradience.experiment import run_mechanism_test
+
+    run = run_mechanism_test(
+        load_config(reliability_config_file), tmp_path_factory.mktemp("reference") / "run"
+    )
+    assert run.complete
+    return run.run_dir

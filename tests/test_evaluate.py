@@ -6,6 +6,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from gradience.config import ExperimentConfig
 from gradience.errors import GradienceError
@@ -178,7 +179,10 @@ def test_adapter_folder_problems_are_clear_errors(tmp_path):
     (tmp_path / "adapter" / "adapter_model.bin").write_bytes(b"")
     with pytest.raises(GradienceError, match="no adapter_model.safetensors"):
         resolve_adapter_dir(tmp_path)
-    (tmp_path / "adapter" / "adapter_model.safetensors").write_bytes(b"")
+    (tmp_path / "adapter" / "adapter_model.safetensors").write_bytes(b"")  # half-written
+    with pytest.raises(GradienceError, match="adapter_model.safetensors: not a safetensors file"):
+        resolve_adapter_dir(tmp_path)
+    save_file({"w": torch.zeros(2)}, str(tmp_path / "adapter" / "adapter_model.safetensors"))
     assert resolve_adapter_dir(tmp_path) == tmp_path / "adapter"
 
 

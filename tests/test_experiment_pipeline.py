@@ -371,6 +371,10 @@ def test_ray_executor_matches_the_local_executor(local_run, tmp_path: Path) -> N
     for seed in (42, 43):
         for variant in VARIANTS:
             assert ranks_of(tmp_path, seed, variant) == ranks_of(local_run.run_dir, seed, variant)
+            predictions = Path(f"seed_{seed}") / variant / "predictions.jsonl"
+            assert (tmp_path / predictions).read_bytes() == (
+                local_run.run_dir / predictions
+            ).read_bytes()
 
 
 def test_changed_inputs_retrain_only_what_they_change(local_run, tmp_path: Path) -> None:

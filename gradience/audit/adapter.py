@@ -204,9 +204,10 @@ def discover_modules(
 ) -> list[LoraModule]:
     """Every LoRA module of the weights file, checked against the config, in natural name order."""
     modules = []
-    for name, pair in sorted(
-        _pair_factors(source).items(), key=lambda item: natural_sort_key(item[0])
-    ):
+    pairs = sorted(_pair_factors(source).items(), key=lambda item: natural_sort_key(item[0]))
+    if pairs:
+        check_pattern_keys(config, [name for name, _ in pairs], config_path)
+    for name, pair in pairs:
         present = next(iter(pair.values()))
         for which, other in (("A", "B"), ("B", "A")):
             if which not in pair:
@@ -247,3 +248,29 @@ def discover_modules(
     if not modules:
         raise GradienceError("no lora_A/lora_B tensors found", path=source.path)
     return modules
+
+
+def check_pattern_keys(config: AdapterConfig, names: list[str], config_path: Path) -> None:
+    """Every rank_pattern/alpha_pattern key matches some module of the weights.
+
+    PEFT ignores a key that matches nothing, but in a saved adapter it means the config was
+    written for other weights (or the key is misspelt and its rank never applied).
+    """
+    for field, pattern in (
+        ("rank_pattern", config.rank_pattern),
+        ("alpha_pattern", config.alpha_pattern),
+    ):
+        for key in pattern:
+            try:
+                matched = any(re.match(rf"(.*\.)?({key})$", name) for name in names)
+            except re.error as exc:
+                raise GradienceError(
+                    f"key {key!r} is not a valid pattern ({exc})", path=config_path, field=field
+                ) from None
+            if not matched:
+                raise GradienceError(
+                    f"key {key!r} matches no LoRA module of the weights (they have e.g. "
+                    f"{names[0]!r}); weights and config do not belong together",
+                    path=config_path,
+                    field=field,
+                )

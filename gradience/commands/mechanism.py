@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
 from typing import Any
 
+from gradience.commands.interrupts import INTERRUPTED_EXIT_CODE, second_interrupt_exits
 from gradience.errors import GradienceError
 
 
@@ -29,6 +31,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--ray-address",
         metavar="ADDR",
         help="ray.init(address=ADDR), e.g. 'auto' (default: env.ray_address)",
+    )
+    run.add_argument(
+        "--fresh",
+        action="store_true",
+        help="start afresh when DIR holds an earlier run: move it aside to DIR.replaced-<time> "
+        "(nothing is deleted). Without it, a config that differs from DIR/config.yaml in "
+        "anything that shaped its results is refused",
     )
     run.set_defaults(handler=run_command)
 
@@ -56,9 +65,9 @@ def parse_seeds(text: str) -> list[int]:
 
 def configured(args: argparse.Namespace) -> Any:
     """The config file with the command line's overrides applied (and validated)."""
-    from gradience.config import load_config
+    from gradience.config import RUN_REQUIRED, load_config
 
-    cfg = load_config(args.config).model_copy(deep=True)
+    cfg = load_config(args.config, required=RUN_REQUIRED).model_copy(deep=True)
     if args.seeds:
         cfg.train.seeds = parse_seeds(args.seeds)
     if args.output:
@@ -76,8 +85,17 @@ def run_command(args: argparse.Namespace) -> int:
     from gradience.experiment.progress import progress_view
 
     cfg = configured(args)
-    with progress_view(job_ids(cfg)) as view:
-        run = run_mechanism_test(cfg, cfg.env.output_base_dir, sink=view)
+    with second_interrupt_exits():
+        try:
+            with progress_view(job_ids(cfg)) as view:
+                run = run_mechanism_test(cfg, cfg.env.output_base_dir, sink=view, fresh=args.fresh)
+        except KeyboardInterrupt:
+            print(
+                "gradience: interrupted; finished jobs are kept and an unfinished one restarts "
+                f"from its last checkpoint. Resume with: {resume_command(args, cfg)}",
+                file=sys.stderr,
+            )
+            return INTERRUPTED_EXIT_CODE
     print_results(run.results)
     print(f"results: {run.run_dir / 'aggregated_results.json'}")
     if not run.complete:
@@ -88,6 +106,20 @@ def run_command(args: argparse.Namespace) -> int:
         )
         return 1
     return 0
+
+
+def resume_command(args: argparse.Namespace, cfg: Any) -> str:
+    """The command that resumes this run (never with --fresh: that would move it aside)."""
+    words = ["gradience", "mechanism", "run", "--config", str(args.config)]
+    words += ["--output", str(cfg.env.output_base_dir)]
+    for flag, value in (
+        ("--seeds", args.seeds),
+        ("--executor", args.executor),
+        ("--ray-address", args.ray_address),
+    ):
+        if value:
+            words += [flag, str(value)]
+    return shlex.join(words)
 
 
 def console() -> Any:

@@ -76,10 +76,10 @@ class LazyBar:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from gradience.config import load_config
+    from gradience.config import RUN_REQUIRED, load_config
     from gradience.train.run import train_variant
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, required=RUN_REQUIRED)
     ranks, source = _read_ranks(args, cfg.lora.probe_r)
     seed = args.seed if args.seed is not None else cfg.train.seeds[0]
     with LazyBar(desc=f"train seed {seed}", unit="step") as bar:
@@ -134,10 +134,10 @@ def _read_ranks(args: argparse.Namespace, probe_r: int) -> tuple[dict[str, int] 
 
 
 def run_eval(args: argparse.Namespace) -> int:
-    from gradience.config import load_config
+    from gradience.config import RUN_REQUIRED, load_config
     from gradience.evaluate.run import evaluate_adapter
 
-    cfg = load_config(args.config)
+    cfg = load_config(args.config, required=RUN_REQUIRED)
     with LazyBar(desc="eval", unit="item") as bar:
 
         def progress(event: dict) -> None:

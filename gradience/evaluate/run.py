@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 
 from gradience.config import ExperimentConfig
 from gradience.errors import GradienceError
+from gradience.faults import fault_point
 from gradience.io import write_model, write_text_atomic
 from gradience.results import EvalResult, Prediction
 
@@ -35,10 +36,18 @@ def resolve_adapter_dir(path: str | Path) -> Path:
                     "no adapter_model.safetensors (pickled .bin adapters are not loaded)",
                     path=candidate,
                 )
+            check_weights_file(candidate / "adapter_model.safetensors")
             return candidate
     raise GradienceError(
         "not a PEFT adapter folder (no adapter_config.json here or in adapter/)", path=path
     )
+
+
+def check_weights_file(path: Path) -> None:
+    """A truncated or foreign file is a GradienceError naming it, not a loader traceback."""
+    from gradience.audit.tensors import SafetensorsStream
+
+    SafetensorsStream(path).close()  # checks the header and that every tensor fits the file
 
 
 def load_adapter(model: PreTrainedModel, adapter_dir: Path) -> PreTrainedModel:
@@ -135,6 +144,7 @@ def evaluate_model(
         done += n
         if progress is not None:
             progress({"done": done, "total": len(items)})
+        fault_point("eval_batch")
 
     generation_started = time.perf_counter()
     generations = generate_completions(

@@ -17,6 +17,7 @@ from gradience.errors import GradienceError
 from gradience.experiment import plan
 from gradience.experiment.jobs import gate_message, gate_score
 from gradience.experiment.records import JobRecord, read_record
+from gradience.faults import fault_point
 from gradience.io import read_model, write_model
 from gradience.ranks.controls import rank_histogram
 from gradience.results import (
@@ -284,6 +285,7 @@ def write_results(ctx: plan.RunContext) -> AggregatedResults:
     """Every seed's bench.json, then aggregated_results.json."""
     for seed in ctx.cfg.train.seeds:
         write_seed_bench(ctx, seed)
+    fault_point("aggregate")
     results = aggregate(ctx)
     write_model(ctx.run_dir / AGGREGATED_FILE, results)
     return results

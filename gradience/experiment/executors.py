@@ -17,6 +17,7 @@ refs (probe -> audit -> variants); Ray decides where and when each runs:
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
 
 #: How often the Ray driver looks at finished tasks and running jobs' records (seconds).
 RAY_POLL_S = 1.0
+#: Ray's single-node switch: with "0" a local Ray binds its servers to the loopback address.
+LOCAL_RAY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 
 
 def run_locally(
@@ -59,7 +62,7 @@ def run_on_ray(
     """Submit every job as a Ray task (one GPU each when the cluster has GPUs) and wait for all.
 
     Uses the Ray instance already initialised in this process if there is one; otherwise
-    ``ray.init(address=address)`` (None starts a local Ray) and shuts it down afterwards.
+    starts one (:func:`start_ray`) and shuts it down afterwards.
     """
     try:
         import ray
@@ -69,12 +72,7 @@ def run_on_ray(
         ) from None
     started_here = not ray.is_initialized()
     if started_here:
-        try:
-            ray.init(address=address, include_dashboard=False, log_to_driver=False)
-        except ConnectionError as error:
-            raise GradienceError(
-                f"cannot connect to Ray at {address!r}: {error}", field="env.ray_address"
-            ) from None
+        start_ray(address, dashboard=ctx.cfg.env.ray_dashboard)
     try:
         resources = job_resources(ctx, ray.cluster_resources().get("GPU", 0))
         check_shared_run_dir(ctx)
@@ -83,6 +81,37 @@ def run_on_ray(
     finally:
         if started_here:
             ray.shutdown()
+
+
+def start_ray(address: str | None, *, dashboard: bool = False) -> Any:
+    """``ray.init(address=address)``; None (and no RAY_ADDRESS) starts a new local Ray, bound
+    to 127.0.0.1 only.
+
+    Ray's servers listen on every interface of the machine's address by default, and its
+    dashboard can submit jobs: a local run needs neither. Ray picks the loopback address when
+    ``RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0`` is set before it is first imported (its single-node
+    setting; on Linux too), so gradience sets it for a local start unless the user set it. A
+    process that imported Ray earlier keeps Ray's choice. The dashboard starts only when
+    ``env.ray_dashboard`` asks, and then on 127.0.0.1. Returns Ray's context.
+    """
+    # RAY_ADDRESS is the user's own choice; else "local", not None: None would join the last
+    # cluster anyone started on this machine (/tmp/ray/ray_current_cluster), not start ours.
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address is None:
+        os.environ.setdefault(LOCAL_RAY_ENV, "0")
+    import ray
+
+    try:
+        return ray.init(
+            address=address or "local",
+            include_dashboard=dashboard,
+            dashboard_host="127.0.0.1",
+            log_to_driver=False,
+        )
+    except ConnectionError as error:
+        raise GradienceError(
+            f"cannot connect to Ray at {address!r}: {error}", field="env.ray_address"
+        ) from None
 
 
 def job_resources(ctx: plan.RunContext, cluster_gpus: float) -> dict[str, Any]:

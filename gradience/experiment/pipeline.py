@@ -18,11 +18,10 @@ from gradience.config import ExperimentConfig
 from gradience.experiment import plan
 from gradience.experiment.aggregate import write_results
 from gradience.experiment.executors import run_locally, run_on_ray
-from gradience.experiment.jobs import EventSink, JobOutcome
+from gradience.experiment.jobs import EventSink, JobOutcome, emit
+from gradience.experiment.runfolder import CONFIG_FILE, open_run_folder
 from gradience.io import write_text_atomic
 from gradience.results import AggregatedResults
-
-CONFIG_FILE = "config.yaml"
 
 
 @dataclass(frozen=True)
@@ -32,6 +31,7 @@ class MechanismRun:
     run_dir: Path
     results: AggregatedResults
     outcomes: dict[str, JobOutcome]
+    moved_aside: Path | None = None  # where ``fresh`` moved an earlier run
 
     @property
     def failed(self) -> list[JobOutcome]:
@@ -54,21 +54,27 @@ def run_mechanism_test(
     executor: str | None = None,
     ray_address: str | None = None,
     sink: EventSink | None = None,
+    fresh: bool = False,
 ) -> MechanismRun:
     """Run (or resume) the whole experiment and aggregate it; never raises for a failed job.
 
     ``output_dir`` defaults to ``env.output_base_dir``, ``executor`` to ``env.executor`` and
     ``ray_address`` to ``env.ray_address``. Finished jobs whose inputs are unchanged are
-    reused; failures are recorded in the benches and in ``aggregated_results.json``.
+    reused; failures are recorded in the benches and in ``aggregated_results.json``. A run
+    folder holding another config's results is refused unless ``fresh``, which moves it
+    aside (see :mod:`gradience.experiment.runfolder`).
     """
     ctx = plan.RunContext(cfg, Path(output_dir or cfg.env.output_base_dir).resolve())
-    save_config(ctx)
-    task_data = load_task_data(cfg)
-    if (executor or cfg.env.executor) == "ray":
-        outcomes = run_on_ray(ctx, task_data, sink, ray_address or cfg.env.ray_address)
-    else:
-        outcomes = run_locally(ctx, task_data, sink)
-    return MechanismRun(ctx.run_dir, write_results(ctx), outcomes)
+    with open_run_folder(ctx.run_dir, cfg, fresh=fresh) as folder:
+        if folder.moved_aside is not None:
+            emit(sink, "", "message", text=f"moved the earlier run to {folder.moved_aside}")
+        save_config(ctx)
+        task_data = load_task_data(cfg)
+        if (executor or cfg.env.executor) == "ray":
+            outcomes = run_on_ray(ctx, task_data, sink, ray_address or cfg.env.ray_address)
+        else:
+            outcomes = run_locally(ctx, task_data, sink)
+        return MechanismRun(ctx.run_dir, write_results(ctx), outcomes, folder.moved_aside)
 
 
 def save_config(ctx: plan.RunContext) -> Path:

@@ -18,17 +18,20 @@ Layout under the run folder::
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from gradience.config import ExperimentConfig, hash_data
+from gradience.errors import GradienceError
 from gradience.train.identity import training_identity_hash
 
 PROBE = "probe"
 AUDIT = "audit"
 RANKS_DIR = "ranks"
 SHUFFLED_K = "per_layer_shuffled_k"
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
 
 
 def trained_variants(cfg: ExperimentConfig) -> list[str]:
@@ -44,8 +47,19 @@ def trained_variants(cfg: ExperimentConfig) -> list[str]:
     return names
 
 
+def path_component(name: str) -> str:
+    """``name`` if it is one plain file name, so that no seed or variant writes outside the run."""
+    if not _PLAIN_NAME.match(name) or ".." in name:
+        raise GradienceError(
+            f"{name!r} cannot name a file in the run folder (letters, digits, '_', '.', '+', "
+            "'-' only, no '..')",
+            field="train.seeds / compression.variants",
+        )
+    return name
+
+
 def seed_dir(run_dir: Path, seed: int) -> Path:
-    return run_dir / f"seed_{seed}"
+    return run_dir / path_component(f"seed_{int(seed)}")
 
 
 def job_id(seed: int, name: str) -> str:
@@ -55,11 +69,11 @@ def job_id(seed: int, name: str) -> str:
 
 def job_dir(run_dir: Path, seed: int, name: str) -> Path:
     """The folder a job writes into (the audit job writes ranks/ and probe/audit.json)."""
-    return seed_dir(run_dir, seed) / (RANKS_DIR if name == AUDIT else name)
+    return seed_dir(run_dir, seed) / path_component(RANKS_DIR if name == AUDIT else name)
 
 
 def ranks_file(run_dir: Path, seed: int, variant: str) -> Path:
-    return seed_dir(run_dir, seed) / RANKS_DIR / f"{variant}.json"
+    return seed_dir(run_dir, seed) / RANKS_DIR / path_component(f"{variant}.json")
 
 
 def audit_file(run_dir: Path, seed: int) -> Path:

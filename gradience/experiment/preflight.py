@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from gradience.config import ExperimentConfig, load_config
+from gradience.config import RUN_REQUIRED, ExperimentConfig, load_config
 from gradience.errors import GradienceError
 
 CPU_CONFIG = "experiments/configs/cpu_demo.yaml"
@@ -127,7 +127,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print("usage: python -m gradience.experiment.preflight CONFIG", file=sys.stderr)
         return 2
     try:
-        cfg = load_config(args[0])
+        cfg = load_config(args[0], required=RUN_REQUIRED)
     except GradienceError as error:
         print(f"gradience: error: {error}", file=sys.stderr)
         return 2

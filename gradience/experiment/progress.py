@@ -61,25 +61,33 @@ def describe_finish(event: JobEvent) -> str:
 
 
 class PlainProgress:
-    """Timestamped lines; a running job's progress at most every ``every_s`` seconds."""
+    """Timestamped lines; a running job's progress at most every ``every_s`` seconds.
+
+    Nothing is printed before the first event, so a run refused up front (a bad run folder,
+    unreadable data) shows its one error line and nothing else.
+    """
 
     def __init__(self, jobs: list[str], stream: TextIO | None = None, every_s: float = 10.0):
         self.board = JobBoard(jobs)
         self.stream = stream or sys.stderr
         self.every_s = every_s
         self.last_line: dict[str, float] = {}
+        self.started = False
 
     def __enter__(self) -> PlainProgress:
-        self.line(f"{len(self.board.status)} jobs planned")
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.line(self.board.summary())
+        if self.started:
+            self.line(self.board.summary())
 
     def line(self, text: str) -> None:
         print(f"[{time.strftime('%H:%M:%S')}] {text}", file=self.stream, flush=True)
 
     def __call__(self, event: JobEvent) -> None:
+        if not self.started:
+            self.started = True
+            self.line(f"{len(self.board.status)} jobs planned")
         self.board.update(event)
         if event.kind == "started":
             self.line(f"{event.job}: started (attempt {event.data.get('attempt', 1)})")
@@ -96,7 +104,10 @@ class PlainProgress:
 
 
 class RichProgress:
-    """A live panel: the job counts and a table of running jobs; finished jobs scroll above."""
+    """A live panel: the job counts and a table of running jobs; finished jobs scroll above.
+
+    The panel appears with the first event (see :class:`PlainProgress`).
+    """
 
     def __init__(self, jobs: list[str], console: Any = None):
         from rich.console import Console
@@ -128,16 +139,18 @@ class RichProgress:
         return Group(self.board.summary(), table)
 
     def __enter__(self) -> RichProgress:
-        self.live.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.live.update(self.render())
-        self.live.stop()
+        if self.live.is_started:
+            self.live.update(self.render())
+            self.live.stop()
 
     def __call__(self, event: JobEvent) -> None:
         from rich.text import Text  # plain Text: error messages may contain [brackets]
 
+        if not self.live.is_started:
+            self.live.start()
         self.board.update(event)
         if event.kind == "message":
             self.console.print(Text(str(event.data.get("text")), style="yellow"))

@@ -63,6 +63,9 @@ def resolve_dtype(env: EnvConfig) -> torch.dtype:
 
 def load_model_and_tokenizer(cfg: ExperimentConfig) -> tuple[Any, Any]:
     """The base model (eval mode, on ``env.device`` unless ``model.device_map``) and its tokenizer."""
+    from gradience.models.determinism import apply_determinism
+
+    apply_determinism(cfg.env)
     device, dtype = resolve_device(cfg.env), resolve_dtype(cfg.env)
     if cfg.env.num_threads is not None:
         torch.set_num_threads(cfg.env.num_threads)

@@ -9,6 +9,7 @@ from typing import Any
 from transformers import TrainerCallback
 
 from gradience.errors import GradienceError
+from gradience.faults import fault_point
 
 
 class NonFiniteLossError(GradienceError):
@@ -79,3 +80,13 @@ class LossRecorder(TrainerCallback):
                 )
         if "eval_loss" in logs:
             self.eval_curve.append((state.global_step, float(logs["eval_loss"])))
+
+
+class FaultPoints(TrainerCallback):
+    """The training fault points of :mod:`gradience.faults` (inert unless GRADIENCE_FAULT is set)."""
+
+    def on_pre_optimizer_step(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        fault_point("train_step")  # gradients computed, weights not yet updated: mid-step
+
+    def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        fault_point("checkpoint")  # the Trainer calls this once the checkpoint is on disk

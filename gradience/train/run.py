@@ -18,10 +18,12 @@ from typing import TYPE_CHECKING, Any
 
 from gradience.config import ExperimentConfig, hash_data
 from gradience.errors import GradienceError
+from gradience.faults import fault_point
 from gradience.io import read_json, write_json_atomic, write_model
 from gradience.results import SCHEMA_VERSION, TrainResult
 from gradience.train.arguments import training_arguments
-from gradience.train.callbacks import LossGuard, LossRecorder
+from gradience.train.callbacks import FaultPoints, LossGuard, LossRecorder
+from gradience.train.checkpoints import last_complete_checkpoint
 from gradience.train.data import (
     CompletionCollator,
     FeatureDataset,
@@ -238,7 +240,7 @@ def build_trainer(
         train_dataset=FeatureDataset(train_features),
         eval_dataset=FeatureDataset(eval_features) if eval_features else None,
         data_collator=collator,
-        callbacks=[LossGuard(cfg.train.learning_rate), recorder],
+        callbacks=[LossGuard(cfg.train.learning_rate), recorder, FaultPoints()],
     )
     if quiet:
         trainer.remove_callback(PrinterCallback)  # it would print every log dict to stdout
@@ -285,6 +287,7 @@ def save_adapter(peft_model: Any, adapter_dir: Path) -> Path:
     staging = adapter_dir.with_name(adapter_dir.name + ".partial")
     shutil.rmtree(staging, ignore_errors=True)
     peft_model.save_pretrained(str(staging), safe_serialization=True)
+    fault_point("rename", adapter_dir.name)
     shutil.rmtree(adapter_dir, ignore_errors=True)
     staging.rename(adapter_dir)
     return adapter_dir
@@ -320,13 +323,11 @@ def _checkpoint_to_resume(
     checkpoint_dir: Path, run_id: dict[str, Any], enabled: bool
 ) -> str | None:
     """The last checkpoint of this very run, or None; checkpoints of another run are removed."""
-    from transformers.trainer_utils import get_last_checkpoint
-
     if not checkpoint_dir.is_dir():
         return None
     marker = checkpoint_dir / _RUN_MARKER
     same_run = marker.is_file() and read_json(marker) == run_id
-    last = get_last_checkpoint(str(checkpoint_dir)) if same_run else None
+    last = last_complete_checkpoint(checkpoint_dir) if same_run else None
     if enabled and last is not None:
         return last
     shutil.rmtree(checkpoint_dir)  # stale (other config, ranks or seed) or resuming is off
