@@ -63,12 +63,32 @@ def offline() -> bool:
 
 def model_access_check(cfg: ExperimentConfig) -> Check:
     """Embedded or local models are fine; a hub model must be cached, or reachable with access."""
+    from gradience.models.hub import PACKAGE_PREFIX, resolve_model_name
+
     name = cfg.model.name
     if is_embedded(cfg):
         return Check("ok", f"model: {name} (built in, no download)")
+    if name.startswith(PACKAGE_PREFIX):
+        try:
+            folder = Path(resolve_model_name(name))
+        except GradienceError as error:
+            return Check("error", str(error))
+        return local_model_check(folder, cfg.model.gguf_file, f"{name} ({folder})")
     if Path(name).expanduser().is_dir():
-        return Check("ok", f"model: local folder {name}")
+        return local_model_check(Path(name).expanduser(), cfg.model.gguf_file, f"local folder {name}")
     return hub_access_check(name, cfg.model.revision)
+
+
+def local_model_check(folder: Path, gguf_file: str | None, label: str) -> Check:
+    """A local model folder; with model.gguf_file, that file must be in it."""
+    if gguf_file is not None and not (folder / gguf_file).is_file():
+        present = sorted(p.name for p in folder.glob("*.gguf"))
+        return Check(
+            "error",
+            f"model.gguf_file: {gguf_file} is not in {folder} (GGUF files there: "
+            f"{', '.join(present) or 'none'})",
+        )
+    return Check("ok", f"model: {label}" + (f", {gguf_file}" if gguf_file else ""))
 
 
 def hub_access_check(repo_id: str, revision: str | None) -> Check:
