@@ -105,7 +105,7 @@ def test_paired_init_draws_peft_default_distribution_scaled_by_d_in_only() -> No
     names = target_module_names(model, cfg.lora.target_modules)
     peft_model, _ = build_peft_model(model, dict.fromkeys(names, PROBE_R), cfg.lora)
     apply_paired_init(peft_model, 42, PROBE_R)
-    for name, layer in lora_layers(peft_model).items():
+    for _name, layer in lora_layers(peft_model).items():
         weight = layer.lora_A["default"].weight.detach()
         bound = 1.0 / math.sqrt(weight.shape[1])  # kaiming_uniform_(a=√5): U(-1/√d_in, 1/√d_in)
         assert float(weight.abs().max()) <= bound

@@ -1,21 +1,37 @@
-"""Checks before a long run: is there a GPU where the config needs one, can the model be loaded?
+"""Checks before a long run: is there a GPU where the config needs one, can the model be loaded,
+will the largest job fit in GPU memory and the adapters on disk?
 
 Used by ``experiments/run_mechanism_test.sh`` (``python -m gradience.experiment.preflight
-CONFIG``) so that a 6-hour run does not die after its first minute for want of a login. Every
-problem comes with what to do about it. Prints the run folder as the last stdout line.
+CONFIG``) so that a 6-hour run does not die after its first minute for want of a login, or
+after its first hour for want of memory. Every problem comes with what to do about it. Prints
+the run folder as the last stdout line. The memory and disk numbers are estimates from the
+model's configuration (:mod:`gradience.experiment.resources`); ``gradience mechanism run``
+prints them too, through :func:`resource_report`.
 """
 
 from __future__ import annotations
 
 import os
+import shutil
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from gradience.config import ExperimentConfig, load_config
 from gradience.errors import GradienceError
+from gradience.experiment.resources import (
+    CUDA_RESERVE,
+    AdapterDisk,
+    ModelShape,
+    TrainingMemory,
+    adapter_disk,
+    check_fits,
+    gib,
+    shape_of,
+    training_memory,
+)
 
 CPU_CONFIG = "experiments/configs/cpu_demo.yaml"
 
@@ -140,8 +156,108 @@ def preflight(cfg: ExperimentConfig) -> list[Check]:
     ]
 
 
+def model_shape(cfg: ExperimentConfig) -> ModelShape:
+    """The base model's shape and its adapted modules' shapes, from its configuration alone."""
+    from gradience.models.skeleton import model_skeleton
+    from gradience.train.lora_build import target_module_names
+
+    skeleton = model_skeleton(cfg.model)
+    modules = dict(skeleton.named_modules())
+    names = target_module_names(skeleton, cfg.lora.target_modules)
+    return shape_of(skeleton, {n: (modules[n].in_features, modules[n].out_features) for n in names})
+
+
+def estimate(
+    cfg: ExperimentConfig, shape: ModelShape, gradient_checkpointing: bool | None = None
+) -> tuple[TrainingMemory, AdapterDisk]:
+    """Memory of the probe job (at ``gradient_checkpointing``, default the config's) and disk."""
+    from gradience.experiment.plan import trained_variants
+    from gradience.models import resolve_device, resolve_dtype
+
+    checkpointing = (
+        cfg.train.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing
+    )
+    memory = training_memory(
+        shape,
+        batch_size=cfg.train.per_device_train_batch_size,
+        seq_len=cfg.task.max_seq_length,
+        lora_rank=cfg.lora.probe_r,
+        weight_bytes=resolve_dtype(cfg.env).itemsize,
+        lora_dropout=cfg.lora.lora_dropout,
+        gradient_checkpointing=checkpointing,
+        eager_attention=cfg.model.attn_implementation == "eager",
+        reserve=CUDA_RESERVE if resolve_device(cfg.env).type == "cuda" else 0,
+    )
+    disk = adapter_disk(
+        shape,
+        lora_rank=cfg.lora.probe_r,
+        adapters=len(trained_variants(cfg)) * len(cfg.train.seeds),
+        checkpoints=cfg.train.save_steps is not None,
+    )
+    return memory, disk
+
+
+def free_gpu_bytes(cfg: ExperimentConfig) -> int | None:
+    """Free memory of the GPU the jobs will use; None on CPU/MPS or with model.device_map."""
+    import torch
+
+    from gradience.models import resolve_device
+
+    if cfg.model.device_map is not None or resolve_device(cfg.env).type != "cuda":
+        return None
+    return int(torch.cuda.mem_get_info()[0])
+
+
+def free_disk_bytes(folder: str | Path) -> int:
+    """Free bytes on the disk that holds ``folder`` (or its nearest existing parent)."""
+    path = Path(folder).resolve()
+    while not path.exists() and path != path.parent:
+        path = path.parent
+    return shutil.disk_usage(path).free
+
+
+def resource_report(
+    cfg: ExperimentConfig,
+    output_dir: str | Path,
+    config_path: str | None = None,
+    emit: Callable[[str], None] | None = None,
+) -> None:
+    """Print (``emit``, default stderr) the estimates and the free space, then raise
+    GradienceError, with the numbers, when the largest job or the adapters do not fit.
+
+    A model whose configuration cannot be read (no access, an architecture the estimate does
+    not know) gets a warning line instead: the estimate never blocks a run it cannot judge.
+    """
+    emit = emit or (lambda line: print(line, file=sys.stderr))
+    try:
+        shape = model_shape(cfg)
+    except (GradienceError, AttributeError, ValueError, OSError) as error:
+        emit(f"[warn] no memory/disk estimate: {str(error).splitlines()[0][:300]}")
+        return
+    memory, disk = estimate(cfg, shape)
+    other, _ = estimate(cfg, shape, not cfg.train.gradient_checkpointing)
+    free_memory, free_disk = free_gpu_bytes(cfg), free_disk_bytes(output_dir)
+    emit(
+        f"[estimate] largest job (probe, r={cfg.lora.probe_r}, batch "
+        f"{cfg.train.per_device_train_batch_size} x {cfg.task.max_seq_length} tokens): "
+        f"{memory.describe()}; with gradient checkpointing "
+        f"{'off' if memory.gradient_checkpointing else 'on'}: {gib(other.total)}"
+    )
+    emit(
+        f"[estimate] GPU memory free: {gib(free_memory)}"
+        if free_memory is not None
+        else "[estimate] GPU memory not checked (no CUDA device for this run, or model.device_map)"
+    )
+    emit(f"[estimate] adapters on disk: {disk.describe()}; free at {output_dir}: {gib(free_disk)}")
+    check_fits(memory, free_memory, disk, free_disk, config_path=config_path)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    """``CONFIG``: print each check to stderr, the run folder to stdout; 0 ok, 2 bad config, 3 blocked."""
+    """``CONFIG``: print each check to stderr, the run folder to stdout.
+
+    Exit codes: 0 ok; 2 a bad config, or the largest job or the adapters would not fit (the
+    message has the numbers); 3 blocked (no GPU, no access to the model).
+    """
     args = list(sys.argv[1:] if argv is None else argv)
     if len(args) != 1:
         print("usage: python -m gradience.experiment.preflight CONFIG", file=sys.stderr)
@@ -154,8 +270,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     checks = preflight(cfg)
     for check in checks:
         print(f"[{check.level}] {check.message}", file=sys.stderr)
+    if any(check.level == "error" for check in checks):
+        print(Path(cfg.env.output_base_dir))
+        return 3
+    try:
+        resource_report(cfg, cfg.env.output_base_dir, config_path=args[0])
+    except GradienceError as error:
+        print(f"gradience: error: {error}", file=sys.stderr)
+        print(Path(cfg.env.output_base_dir))
+        return error.exit_code
     print(Path(cfg.env.output_base_dir))
-    return 3 if any(check.level == "error" for check in checks) else 0
+    return 0
 
 
 if __name__ == "__main__":

@@ -50,7 +50,7 @@ def load_hub_model(
         model = AutoModelForCausalLM.from_pretrained(name, **model_kwargs)
     except (OSError, ValueError, ImportError) as exc:
         raise GradienceError(
-            _load_failure_message(model_cfg.name, exc), field="model.name"
+            load_failure_message(model_cfg.name, exc), field="model.name"
         ) from None
     if model_cfg.gguf_file is not None:
         forget_gguf_quantization(model)
@@ -161,7 +161,7 @@ def ensure_pad_token(tokenizer: Any, model: Any) -> None:
         model.generation_config.pad_token_id = tokenizer.pad_token_id
 
 
-def _load_failure_message(name: str, exc: Exception) -> str:
+def load_failure_message(name: str, exc: Exception) -> str:
     reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
     return (
         f"could not load model {name!r} ({reason}). If it is a hub id: check the spelling and "
