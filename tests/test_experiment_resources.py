@@ -115,7 +115,9 @@ def test_mistral_7b_flagship_figures() -> None:
     modules = dict(skeleton.named_modules())
     cfg = load_config(Path(__file__).parents[1] / "experiments" / "mechanism_test_config.yaml")
     names = target_module_names(skeleton, cfg.lora.target_modules)
-    shape = shape_of(skeleton, {n: (modules[n].in_features, modules[n].out_features) for n in names})
+    shape = shape_of(
+        skeleton, {n: (modules[n].in_features, modules[n].out_features) for n in names}
+    )
     assert shape.base_params == 7_241_732_096
     assert shape.lora_params(64) == 167_772_160  # PEFT's count for r=64 on all 7 projections
     factor = layer_factor(

@@ -70,12 +70,16 @@ def test_packed_gguf_weights_are_never_passed_off_as_dense() -> None:
         forget_gguf_quantization(model)
 
 
-def test_package_names_resolve_to_the_installed_folder_and_unknown_ones_say_how_to_install() -> None:
+def test_package_names_resolve_to_the_installed_folder_and_unknown_ones_say_how_to_install() -> (
+    None
+):
     assert resolve_model_name("mistralai/Mistral-7B-v0.1") == "mistralai/Mistral-7B-v0.1"
     assert Path(resolve_model_name("package:gradience")) == Path(
         importlib.util.find_spec("gradience").submodule_search_locations[0]
     )
-    with pytest.raises(GradienceError, match="model.name: no installed Python package 'no_such_pkg'"):
+    with pytest.raises(
+        GradienceError, match="model.name: no installed Python package 'no_such_pkg'"
+    ):
         resolve_model_name("package:no_such_pkg")
 
 

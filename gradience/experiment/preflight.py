@@ -91,7 +91,9 @@ def model_access_check(cfg: ExperimentConfig) -> Check:
             return Check("error", str(error))
         return local_model_check(folder, cfg.model.gguf_file, f"{name} ({folder})")
     if Path(name).expanduser().is_dir():
-        return local_model_check(Path(name).expanduser(), cfg.model.gguf_file, f"local folder {name}")
+        return local_model_check(
+            Path(name).expanduser(), cfg.model.gguf_file, f"local folder {name}"
+        )
     return hub_access_check(name, cfg.model.revision)
 
 
@@ -175,7 +177,9 @@ def estimate(
     from gradience.models import resolve_device, resolve_dtype
 
     checkpointing = (
-        cfg.train.gradient_checkpointing if gradient_checkpointing is None else gradient_checkpointing
+        cfg.train.gradient_checkpointing
+        if gradient_checkpointing is None
+        else gradient_checkpointing
     )
     memory = training_memory(
         shape,

@@ -213,7 +213,9 @@ class AdapterDisk:
         )
 
 
-def adapter_disk(shape: ModelShape, *, lora_rank: int, adapters: int, checkpoints: bool) -> AdapterDisk:
+def adapter_disk(
+    shape: ModelShape, *, lora_rank: int, adapters: int, checkpoints: bool
+) -> AdapterDisk:
     """Disk for ``adapters`` adapters of at most ``lora_rank`` on every module (module docstring)."""
     params = shape.lora_params(lora_rank)
     return AdapterDisk(
