@@ -45,6 +45,9 @@ bench: setup
 	$(BIN)/python benchmarks/audit_speed.py
 	$(BIN)/python benchmarks/eval_speed.py
 	$(BIN)/python benchmarks/train_overhead.py
+	$(BIN)/python benchmarks/mfu.py
+	$(BIN)/python benchmarks/generation.py
+	$(BIN)/python benchmarks/experiment_cost.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

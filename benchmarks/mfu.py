@@ -94,6 +94,26 @@ def gsm8k_lengths(n: int, max_len: int, seed: int = 0) -> list[int]:
     ]
 
 
+def model_counts(shape: dict, rank: int) -> tuple[int, int]:
+    """(N_base in matmuls, N_lora) of an untied Mistral of ``shape`` with LoRA ``rank`` on all 7
+    projections, from the shape alone (checked against the built model in :func:`build`)."""
+    h, i, layers = shape["hidden_size"], shape["intermediate_size"], shape["num_hidden_layers"]
+    kv = shape["num_key_value_heads"] * h // shape["num_attention_heads"]
+    projections = [(h, h), (h, kv), (h, kv), (h, h), (h, i), (h, i), (i, h)]  # (d_in, d_out)
+    per_layer = sum(d_in * d_out for d_in, d_out in projections) + 2 * h  # + two RMSNorms
+    n_matmul = layers * per_layer + h + shape["vocab_size"] * h  # + final norm, lm_head
+    n_lora = layers * sum(rank * (d_in + d_out) for d_in, d_out in projections)
+    return n_matmul, n_lora
+
+
+def flops_per_step(
+    n_matmul: int, n_lora: int, layers: int, hidden: int, lengths: list[int]
+) -> float:
+    """Model FLOPs of one LoRA step on examples of ``lengths`` (module docstring)."""
+    attention = sum(6 * layers * hidden * n * n for n in lengths)
+    return sum(lengths) * (4 * n_matmul + 6 * n_lora) + attention
+
+
 @dataclass
 class Setup:
     model: object
@@ -134,6 +154,8 @@ def build(shape: dict, rank: int, device, dtype, attn: str, seed: int = 0) -> Se
         model = get_peft_model(model, lora)  # adapters in fp32 under a bf16 base (PEFT's default)
     model.config.use_cache = False
     trainable = [p for p in model.parameters() if p.requires_grad]
+    # the FLOP count rests on these; the analytic count must match the built model
+    assert model_counts(shape, rank) == (n_matmul, sum(p.numel() for p in trainable))
     optimizer = torch.optim.AdamW(trainable, lr=1e-4, fused=device.type == "cuda")
     return Setup(
         model,
@@ -233,10 +255,7 @@ def train_steps(setup: Setup, batches: list[dict]) -> float:
 
 
 def step_flops(setup: Setup, lengths: list[int]) -> float:
-    """Model FLOPs of one step on examples of ``lengths`` (module docstring)."""
-    tokens = sum(lengths)
-    attention = sum(6 * setup.layers * setup.hidden * n * n for n in lengths)
-    return tokens * (4 * setup.n_matmul + 6 * setup.n_lora) + attention
+    return flops_per_step(setup.n_matmul, setup.n_lora, setup.layers, setup.hidden, lengths)
 
 
 def peak_tflops(device_name: str, override: float | None) -> float | None:
