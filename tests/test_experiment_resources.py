@@ -14,6 +14,7 @@ from gradience.errors import GradienceError
 from gradience.experiment import preflight
 from gradience.experiment.preflight import estimate, model_shape
 from gradience.experiment.resources import (
+    CUDA_RESERVE,
     GIB,
     AdapterDisk,
     check_fits,
@@ -171,3 +172,13 @@ def test_preflight_prints_the_estimates_and_the_run_folder(capsys) -> None:
     assert "[estimate] largest job (probe, r=8, batch 4 x 64 tokens)" in captured.err
     assert "[estimate] adapters on disk" in captured.err
     assert captured.out.strip().splitlines()[-1] == "experiments/tiny_test_results"
+
+
+def test_a_gpu_config_is_estimated_where_the_gpus_are_not_visible() -> None:
+    cfg = EMBEDDED.model_copy(deep=True)
+    cfg.env.device, cfg.env.torch_dtype, cfg.env.executor = "cuda", "auto", "ray"
+    shape = model_shape(cfg)
+    memory, _ = estimate(cfg, shape)  # no CUDA needed to estimate a CUDA run
+    assert memory.weights == shape.base_params * 2  # auto on CUDA: bfloat16
+    assert memory.reserve == CUDA_RESERVE
+    assert preflight.free_gpu_bytes(cfg) is None  # a Ray driver cannot see its workers' GPUs

@@ -174,23 +174,23 @@ def estimate(
 ) -> tuple[TrainingMemory, AdapterDisk]:
     """Memory of the probe job (at ``gradient_checkpointing``, default the config's) and disk."""
     from gradience.experiment.plan import trained_variants
-    from gradience.models import resolve_device, resolve_dtype
 
     checkpointing = (
         cfg.train.gradient_checkpointing
         if gradient_checkpointing is None
         else gradient_checkpointing
     )
+    cuda = runs_on_cuda(cfg)
     memory = training_memory(
         shape,
         batch_size=cfg.train.per_device_train_batch_size,
         seq_len=cfg.task.max_seq_length,
         lora_rank=cfg.lora.probe_r,
-        weight_bytes=resolve_dtype(cfg.env).itemsize,
+        weight_bytes=weight_bytes(cfg, cuda),
         lora_dropout=cfg.lora.lora_dropout,
         gradient_checkpointing=checkpointing,
         eager_attention=cfg.model.attn_implementation == "eager",
-        reserve=CUDA_RESERVE if resolve_device(cfg.env).type == "cuda" else 0,
+        reserve=CUDA_RESERVE if cuda else 0,
     )
     disk = adapter_disk(
         shape,
@@ -201,13 +201,36 @@ def estimate(
     return memory, disk
 
 
-def free_gpu_bytes(cfg: ExperimentConfig) -> int | None:
-    """Free memory of the GPU the jobs will use; None on CPU/MPS or with model.device_map."""
+def runs_on_cuda(cfg: ExperimentConfig) -> bool:
+    """Whether the jobs train on CUDA: env.device cuda, or auto where this machine has CUDA
+    (decided without raising: a Ray driver need not have the workers' GPUs)."""
     import torch
 
-    from gradience.models import resolve_device
+    return cfg.env.device == "cuda" or (cfg.env.device == "auto" and torch.cuda.is_available())
 
-    if cfg.model.device_map is not None or resolve_device(cfg.env).type != "cuda":
+
+def weight_bytes(cfg: ExperimentConfig, cuda: bool) -> int:
+    """Bytes per weight at env.torch_dtype; 'auto' is bfloat16 on CUDA, float32 elsewhere."""
+    import torch
+
+    from gradience.models import resolve_dtype
+
+    if cfg.env.torch_dtype == "auto":
+        return (torch.bfloat16 if cuda else torch.float32).itemsize
+    return resolve_dtype(cfg.env).itemsize
+
+
+def free_gpu_bytes(cfg: ExperimentConfig) -> int | None:
+    """Free memory of the GPU the jobs will use; None where this process cannot see it: not
+    a CUDA run, no CUDA here, a model spread by model.device_map, or Ray (workers' GPUs)."""
+    import torch
+
+    if (
+        cfg.model.device_map is not None
+        or cfg.env.executor == "ray"
+        or not runs_on_cuda(cfg)
+        or not torch.cuda.is_available()
+    ):
         return None
     return int(torch.cuda.mem_get_info()[0])
 
@@ -250,7 +273,8 @@ def resource_report(
     emit(
         f"[estimate] GPU memory free: {gib(free_memory)}"
         if free_memory is not None
-        else "[estimate] GPU memory not checked (no CUDA device for this run, or model.device_map)"
+        else "[estimate] GPU memory not checked here (not a CUDA run, no CUDA on this machine, "
+        "model.device_map, or Ray workers' GPUs)"
     )
     emit(f"[estimate] adapters on disk: {disk.describe()}; free at {output_dir}: {gib(free_disk)}")
     check_fits(memory, free_memory, disk, free_disk, config_path=config_path)
