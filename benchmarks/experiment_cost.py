@@ -49,6 +49,7 @@ from pathlib import Path
 
 import audit_speed
 import generation
+import lora_model
 import mfu
 
 GOAL_S = 3600.0
@@ -100,14 +101,18 @@ def project(cfg, step: dict, decode_step_s: float, load_s_per_gb: float, audit_s
 
     seeds = len(cfg.train.seeds)
     jobs = seeds * len(trained_variants(cfg))
-    n_matmul, _ = mfu.model_counts(mfu.MISTRAL_7B, cfg.lora.probe_r)
-    model_gb = (n_matmul + mfu.MISTRAL_7B["vocab_size"] * mfu.MISTRAL_7B["hidden_size"]) * 2 / 1e9
+    n_matmul, _ = lora_model.model_counts(lora_model.MISTRAL_7B, cfg.lora.probe_r)
+    model_gb = (
+        (n_matmul + lora_model.MISTRAL_7B["vocab_size"] * lora_model.MISTRAL_7B["hidden_size"])
+        * 2
+        / 1e9
+    )
     batch = cfg.task.eval_batch_size
     eval_batches = jobs * math.ceil((cfg.task.eval_samples or 0) / batch) + seeds * math.ceil(
         GATE_ITEMS / batch
     )
     evaluation = eval_batches * cfg.task.max_new_tokens * decode_step_s
-    audit = seeds * audit_s * mfu.MISTRAL_7B["num_hidden_layers"]
+    audit = seeds * audit_s * lora_model.MISTRAL_7B["num_hidden_layers"]
     out = {}
     for mode, loads_per_job in (("as_written", 2), ("with_fixes", 1)):
         items = {
@@ -132,13 +137,13 @@ def project(cfg, step: dict, decode_step_s: float, load_s_per_gb: float, audit_s
 
 def flagship_scale(mfu_result: dict, cfg) -> tuple[float, float]:
     """(training, decoding) factors from the measured shape to Mistral-7B at the flagship's r."""
-    n_matmul, n_lora = mfu.model_counts(mfu.MISTRAL_7B, cfg.lora.probe_r)
-    lengths = mfu.gsm8k_lengths(1000, cfg.task.max_seq_length)
-    per_example = mfu.flops_per_step(
+    n_matmul, n_lora = lora_model.model_counts(lora_model.MISTRAL_7B, cfg.lora.probe_r)
+    lengths = lora_model.gsm8k_lengths(1000, cfg.task.max_seq_length)
+    per_example = lora_model.flops_per_step(
         n_matmul,
         n_lora,
-        mfu.MISTRAL_7B["num_hidden_layers"],
-        mfu.MISTRAL_7B["hidden_size"],
+        lora_model.MISTRAL_7B["num_hidden_layers"],
+        lora_model.MISTRAL_7B["hidden_size"],
         lengths,
     ) / len(lengths)
     flagship_step = per_example * cfg.train.per_device_train_batch_size
@@ -208,7 +213,7 @@ def main() -> int:
     audit = audit_seconds_per_layer(args.audit_layers, cfg.lora.probe_r)
     projection = project(cfg, step, decode_step_s, load, audit)
 
-    scaled = mfu_result["shape"] != mfu.MISTRAL_7B
+    scaled = mfu_result["shape"] != lora_model.MISTRAL_7B
     where = mfu_result["device"] + (
         ", small shape scaled to Mistral-7B, NOT a GPU figure" if scaled else ""
     )

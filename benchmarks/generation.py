@@ -1,7 +1,7 @@
 """Evaluation-style generation throughput: N prompts × T new tokens through gradience's
 ``generate_completions``, batched vs one-by-one, on a random model with the probe's LoRA.
 
-The model is mfu.py's (Mistral-7B-shaped on a GPU in bf16, its small shape in float32 on CPU)
+The model is lora_model.py's (Mistral-7B-shaped on a GPU in bf16, its small shape in float32 on CPU)
 with LoRA r=64 (16 on CPU) attached *unmerged*, as gradience evaluates the model it trained.
 Its vocabulary is a WordLevel tokenizer of ~32,000 synthetic words (the model's vocabulary
 size is matched to it), so prompts, padding, stop strings and decoding all go through the real
@@ -33,7 +33,7 @@ import sys
 import time
 from pathlib import Path
 
-import mfu
+import lora_model
 
 FLAGSHIP_NEW_TOKENS = (12 * 500 + 3 * 64) * 256
 EVAL_BUDGET_S = 15 * 60
@@ -103,13 +103,13 @@ def measure(args: argparse.Namespace) -> dict:
     cuda = torch.cuda.is_available() and args.device != "cpu"
     device = torch.device("cuda" if cuda else "cpu")
     dtype = torch.bfloat16 if cuda else torch.float32
-    shape = dict(mfu.MISTRAL_7B if cuda and not args.small else mfu.CPU_SHAPE)
+    shape = dict(lora_model.MISTRAL_7B if cuda and not args.small else lora_model.CPU_SHAPE)
     if args.layers:
         shape["num_hidden_layers"] = args.layers
     tokenizer, words = synthetic_tokenizer(shape["vocab_size"])
     shape["vocab_size"] = len(tokenizer)
     rank = args.rank or (64 if cuda else 16)
-    setup = mfu.build(shape, rank, device, dtype, "sdpa")
+    setup = lora_model.build(shape, rank, device, dtype, "sdpa")
     model = setup.model.eval()
     model.generation_config.pad_token_id = tokenizer.pad_token_id
     items = prompts(args.prompts, words)

@@ -29,7 +29,7 @@ import tempfile
 import time
 from pathlib import Path
 
-import mfu
+import lora_model
 
 LEAK_GOAL_MIB = 64.0
 MIB = 2**20
@@ -107,7 +107,7 @@ def measure(args: argparse.Namespace) -> dict:
     from gradience.experiment.preflight import estimate, model_shape
 
     gpu = torch.cuda.is_available() and args.device != "cpu"
-    shape = dict(mfu.MISTRAL_7B if gpu else mfu.CPU_SHAPE)
+    shape = dict(lora_model.MISTRAL_7B if gpu else lora_model.CPU_SHAPE)
     shape["num_hidden_layers"] = args.layers or (4 if gpu else 2)
     rank = args.rank or (64 if gpu else 8)
     with tempfile.TemporaryDirectory() as tmp:
