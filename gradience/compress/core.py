@@ -4,9 +4,9 @@ Reads top to bottom: check the source → pick each module's rank (a policy on i
 given ranks) → truncate (:mod:`.truncate`) → measure the written factors' error → write. The
 source is streamed one module at a time, like the audit; only the (smaller) output is held.
 
-Scaling. A heterogeneous export keeps each module's scaling s exactly: its rank k goes into
-``rank_pattern`` and α′ with α′/k = s (α′/√k with rsLoRA) into ``alpha_pattern``, one anchored
-key per module. A ``uniform`` export is for servers that apply one rank and one α/r to a whole
+Scaling. A heterogeneous export keeps each module's scaling s (to its last bit, see
+:func:`~gradience.compress.truncate.alpha_for_scaling`): its rank k goes into ``rank_pattern``
+and α′ with α′/k = s (α′/√k with rsLoRA) into ``alpha_pattern``, one anchored key per module. A ``uniform`` export is for servers that apply one rank and one α/r to a whole
 adapter (vLLM, TGI): every module is zero-padded to the largest kept rank R, s is multiplied
 into lora_B (and into lora_B's bias, which PEFT scales too), and the config says r = α = R.
 """
@@ -34,6 +34,12 @@ from gradience.audit.adapter import (
 from gradience.audit.core import check_policies, one_blas_thread
 from gradience.audit.names import module_type
 from gradience.audit.tensors import TensorSource
+from gradience.compress.checks import (
+    allowed_ranks_for,
+    check_ranks,
+    refuse_unknown_lora_tensors,
+    refuse_variants,
+)
 from gradience.compress.export import check_output_dir, storage_dtype, write_adapter_dir
 from gradience.compress.truncate import (
     alpha_for_scaling,
@@ -47,23 +53,11 @@ from gradience.compress.truncate import (
 )
 from gradience.errors import GradienceError
 from gradience.io import read_json
-from gradience.ranks.allowed import normalize_allowed_ranks, powers_of_two_up_to
 from gradience.ranks.suggest import suggest_module_rank
 from gradience.results import CompressResult, ModuleCompression
 from gradience.train.lora_build import pattern_key
 
-#: Config fields of LoRA variants whose update is not s·B·A alone; truthy → refused.
-_VARIANTS = {
-    "use_dora": "DoRA divides each column of W + s·B·A by its norm, so truncating B·A changes "
-    "every column of the layer, not only the dropped directions",
-    "use_qalora": "QALoRA applies A to group-pooled inputs",
-    "use_bdlora": "BD-LoRA's block-diagonal factors would not stay block-diagonal",
-    "kasa_config": "KaSA puts a learned diagonal between A and B",
-    "monteclora_config": "MonteCLoRA samples its factors",
-    "arrow_config": "Arrow routes between several adapters",
-}
 _LORA_BIAS = re.compile(r"^(?P<module>.+)\.lora_B(?:\.[^.]+)?\.bias$")
-_FACTOR_NAMES = ("lora_A", "lora_B", "lora_embedding_A", "lora_embedding_B")
 
 
 @dataclass
@@ -126,7 +120,7 @@ def compress_adapter(
     config_path = adapter_dir / CONFIG_NAME
     config = read_adapter_config(config_path)
     raw_config: dict[str, Any] = read_json(config_path)  # type: ignore[assignment]
-    _refuse_variants(raw_config, config_path)
+    refuse_variants(raw_config, config_path)
     check_output_dir(output_dir, adapter_dir)
     if ranks is None:
         policy = check_policies([policy])[0]
@@ -136,12 +130,12 @@ def compress_adapter(
     source = open_weights(adapter_dir, allow_pickle)
     try:
         modules = discover_modules(source, config, config_path)
-        _refuse_unknown_lora_tensors(source)
+        refuse_unknown_lora_tensors(source)
         if ranks is not None:
-            _check_ranks(ranks, modules, ranks_source)
+            check_ranks(ranks, modules, ranks_source)
             allowed: list[int] = []
         else:
-            allowed = _allowed(allowed_ranks, modules)
+            allowed = allowed_ranks_for(allowed_ranks, modules)
         # One BLAS thread: QRs of d×r blocks gain nothing from more, and spin on busy cores.
         with one_blas_thread() or contextlib.nullcontext():
             written = [
@@ -187,64 +181,6 @@ def compress_adapter(
         output_dir, _output_config(raw_config, written, uniform_rank), tensors, result
     )
     return result
-
-
-def _refuse_variants(raw: Mapping[str, Any], path: Path) -> None:
-    for field, why in _VARIANTS.items():
-        if raw.get(field):
-            raise GradienceError(
-                f"cannot be truncated exactly: {why}; only plain LoRA adapters (rsLoRA, "
-                "rank/alpha patterns included) can be compressed",
-                path=path,
-                field=field,
-            )
-
-
-def _refuse_unknown_lora_tensors(source: TensorSource) -> None:
-    """A LoRA tensor that is neither a factor nor lora_B's bias belongs to a variant
-    (DoRA's lora_magnitude_vector, KaSA's lora_diag, ...): B·A alone is not its update."""
-    for key in source.tensors():
-        parts = key.split(".")
-        if any(p.startswith("lora_") for p in parts) and not any(p in _FACTOR_NAMES for p in parts):
-            raise GradienceError(
-                "a LoRA variant's tensor: this adapter's update is not B·A alone, so it cannot "
-                "be truncated exactly",
-                path=source.path,
-                field=key,
-            )
-
-
-def _check_ranks(ranks: Mapping[str, int], modules: list[LoraModule], where: str | None) -> None:
-    by_name = {m.name: m for m in modules}
-    unknown = [name for name in ranks if name not in by_name]
-    missing = [m.name for m in modules if m.name not in ranks]
-    if unknown or missing:
-        detail = f"{len(unknown)} not in the adapter, e.g. {unknown[:2]}" if unknown else ""
-        if missing:
-            detail += ("; " if detail else "") + f"{len(missing)} missing, e.g. {missing[:2]}"
-        raise GradienceError(
-            f"the ranks must name exactly the adapter's {len(modules)} LoRA modules ({detail})",
-            path=where,
-            field="ranks",
-        )
-    for name, rank in ranks.items():
-        r = by_name[name].r
-        if isinstance(rank, bool) or not isinstance(rank, int) or not 1 <= rank <= r:
-            raise GradienceError(
-                f"module {name} has rank {rank!r}; it must be an integer in 1..{r} (its rank in "
-                "the adapter: truncation cannot add rank)",
-                path=where,
-                field="ranks",
-            )
-
-
-def _allowed(allowed_ranks: Sequence[int] | None, modules: list[LoraModule]) -> list[int]:
-    if allowed_ranks is None:
-        return powers_of_two_up_to(max(m.r for m in modules))
-    try:
-        return normalize_allowed_ranks(allowed_ranks)
-    except ValueError as exc:
-        raise GradienceError(str(exc), field="allowed_ranks") from None
 
 
 def _read_factors(source: TensorSource, module: LoraModule) -> tuple[np.ndarray, np.ndarray]:
