@@ -53,6 +53,7 @@ def train_variant(
     model_loader: ModelLoader | None = None,
     progress: Callable[[dict], None] | None = None,
     ranks_source: str | None = None,
+    trainer_hook: Callable[[Any], None] | None = None,
 ) -> TrainResult:
     """Train one variant and write ``output_dir/adapter/`` and ``output_dir/train_result.json``.
 
@@ -60,6 +61,7 @@ def train_variant(
     same rank everywhere; None for the probe (``lora.probe_r`` everywhere). ``progress`` gets
     ``{"step", "max_steps", "loss"}`` at every logging step. ``ranks_source`` names the rank
     file in error messages. Resumes from the last checkpoint when ``env.resume_from_checkpoint``.
+    ``trainer_hook`` gets the built Trainer before training (e.g. ``RankAuditCallback.attach``).
     """
     import torch
     from transformers import set_seed
@@ -96,6 +98,8 @@ def train_variant(
         checkpoint_dir,
         recorder,
     )
+    if trainer_hook is not None:
+        trainer_hook(trainer)
     if cfg.train.save_steps is not None:
         write_json_atomic(checkpoint_dir / _RUN_MARKER, run_id)
     loop_started = time.perf_counter()
