@@ -36,6 +36,8 @@ bench: setup
 	$(BIN)/python benchmarks/audit_speed.py
 	$(BIN)/python benchmarks/eval_speed.py
 	$(BIN)/python benchmarks/train_overhead.py
+	$(BIN)/python benchmarks/callback_overhead.py
+	$(BIN)/python benchmarks/compress_speed.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache
