@@ -127,3 +127,15 @@ def test_gradience_train_audit_every_writes_the_final_audit(tmp_path, capsys):
     for ours, theirs in zip(final.modules, saved.modules, strict=True):
         assert ours.name == theirs.name
         np.testing.assert_allclose(ours.singular_values, theirs.singular_values, rtol=1e-12)
+
+
+def test_auditing_a_float64_model_leaves_its_weights_alone():
+    from gradience.integrations.model_audit import lora_modules, spectra
+
+    model = get_peft_model(
+        tiny_mistral(), LoraConfig(r=1, target_modules=["q_proj"], init_lora_weights=False)
+    ).double()
+    before = [(a.clone(), b.clone()) for _, a, b in lora_modules(model)]
+    assert all(sv[0] > 0 for _, sv in spectra(model))
+    for (a0, b0), (_, a, b) in zip(before, lora_modules(model), strict=True):
+        assert torch.equal(a0, a) and torch.equal(b0, b)

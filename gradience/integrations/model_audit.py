@@ -79,11 +79,15 @@ def spectra(
 ) -> list[tuple[LoraModule, np.ndarray]]:
     """(module, singular values of its unscaled B·A) for every LoRA module, in audit order."""
     out = []
+    # One BLAS thread: r-column QRs gain nothing from more, and training holds the cores.
     with torch.no_grad(), one_blas_thread() or contextlib.nullcontext():
         for module, a, b in lora_modules(model, adapter_name):
-            lora_a = a.detach().to(device="cpu", dtype=torch.float64).numpy()
-            lora_b = np.asfortranarray(b.detach().to(device="cpu", dtype=torch.float64).numpy())
-            # both are private float64 copies: the QR may overwrite them (no further copy)
+            # copy=True even when the weights already are float64 on the CPU: the QR below
+            # overwrites its inputs, which must never be the model's own parameters.
+            lora_a = a.detach().to(device="cpu", dtype=torch.float64, copy=True).numpy()
+            lora_b = b.detach().to(device="cpu", dtype=torch.float64, copy=True).numpy()
+            # Fortran order lets the QR work in place (Aᵀ of a C-ordered A already is)
+            lora_b = np.asfortranarray(lora_b)
             out.append((module, lora_singular_values(lora_a, lora_b, overwrite=True)))
     return out
 
