@@ -48,6 +48,8 @@ bench: setup
 	$(BIN)/python benchmarks/mfu.py
 	$(BIN)/python benchmarks/generation.py
 	$(BIN)/python benchmarks/experiment_cost.py
+	$(BIN)/python benchmarks/callback_overhead.py
+	$(BIN)/python benchmarks/compress_speed.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -168,17 +168,8 @@ def audit_adapter(
         modules = discover_modules(source, config, adapter_dir / CONFIG_NAME)
         allowed = allowed_ranks or powers_of_two_up_to(max(m.r for m in modules))
         spectra = _spectra(source, modules, progress)
-        audits = [
-            module_audit(m, sv, policies, allowed, margin)
-            for m, sv in zip(modules, spectra, strict=True)
-        ]
     finally:
         source.close()
-    summary = AuditSummary(
-        n_modules=len(audits),
-        total_params=sum(m.params for m in audits),
-        policies={p: summarize_ranks([m.suggested_rank[p] for m in audits]) for p in policies},
-    )
     info = AdapterInfo(
         path=str(adapter_dir),
         base_model=config.base_model,
@@ -187,11 +178,36 @@ def audit_adapter(
         use_rslora=config.use_rslora,
     )
     warnings = pattern_warnings(config, [m.name for m in modules])
+    return assemble_audit(info, modules, spectra, policies, allowed, margin, warnings)
+
+
+def assemble_audit(
+    info: AdapterInfo,
+    modules: Sequence[LoraModule],
+    spectra: Sequence[np.ndarray],
+    policies: Sequence[str],
+    allowed_ranks: Sequence[int],
+    margin: float,
+    warnings: Sequence[str] = (),
+) -> AuditResult:
+    """The AuditResult of modules whose spectra are known (from a file, or a model in memory)."""
+    audits = [
+        module_audit(m, sv, policies, allowed_ranks, margin)
+        for m, sv in zip(modules, spectra, strict=True)
+    ]
+    summary = AuditSummary(
+        n_modules=len(audits),
+        total_params=sum(m.params for m in audits),
+        policies={p: summarize_ranks([m.suggested_rank[p] for m in audits]) for p in policies},
+    )
+    notes = list(warnings)
     zero = [m.name for m in audits if m.frobenius_norm == 0]
     if zero:
-        warnings.append(
-            f"{len(zero)} module(s) have B·A = 0 (an untrained adapter?), e.g. {zero[0]}"
-        )
+        notes.append(f"{len(zero)} module(s) have B·A = 0 (an untrained adapter?), e.g. {zero[0]}")
     return AuditResult(
-        adapter=info, modules=audits, summary=summary, allowed_ranks=allowed, warnings=warnings
+        adapter=info,
+        modules=audits,
+        summary=summary,
+        allowed_ranks=list(allowed_ranks),
+        warnings=notes,
     )

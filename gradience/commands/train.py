@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import Any
 
 
 def register(commands: argparse._SubParsersAction) -> None:
@@ -33,6 +34,13 @@ def register(commands: argparse._SubParsersAction) -> None:
     train.add_argument("--seed", type=int, help="training seed (default: the first of train.seeds)")
     train.add_argument("--output", required=True, type=Path, help="output folder")
     train.add_argument("--variant", help="variant name recorded in train_result.json")
+    train.add_argument(
+        "--audit-every",
+        type=int,
+        metavar="N",
+        help="audit the LoRA modules in memory every N steps: rank metrics per module type go "
+        "to the Trainer's loggers (train.report_to), the final audit to OUTPUT/audit.json",
+    )
     train.set_defaults(handler=run_train)
 
     evaluate = commands.add_parser(
@@ -82,6 +90,7 @@ def run_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, required=RUN_REQUIRED)
     ranks, source = _read_ranks(args, cfg.lora.probe_r)
     seed = args.seed if args.seed is not None else cfg.train.seeds[0]
+    hook = _rank_audit_hook(args.audit_every, cfg, args.output)
     with LazyBar(desc=f"train seed {seed}", unit="step") as bar:
 
         def progress(event: dict) -> None:
@@ -95,6 +104,7 @@ def run_train(args: argparse.Namespace) -> int:
             variant=args.variant,
             progress=progress,
             ranks_source=source,
+            trainer_hook=hook,
         )
     loss = (
         f"loss {result.loss_first:.4f} -> {result.loss_last:.4f}"
@@ -111,6 +121,29 @@ def run_train(args: argparse.Namespace) -> int:
         )
     )
     return 0
+
+
+def _rank_audit_hook(every: int | None, cfg: Any, output: Path) -> Any:
+    """``RankAuditCallback.attach`` for ``--audit-every``, the final audit under the config's
+    policy, allowed ranks and margin (as the mechanism test's audit); None when not asked for."""
+    if every is None:
+        return None
+    from gradience.errors import GradienceError
+    from gradience.integrations import RankAuditCallback
+    from gradience.ranks import DEFAULT_POLICIES
+
+    if every <= 0:
+        raise GradienceError(
+            f"must be a positive number of steps, got {every}", field="--audit-every"
+        )
+    c = cfg.compression
+    return RankAuditCallback(
+        every,
+        output=output / "audit.json",
+        policies=tuple(dict.fromkeys([*DEFAULT_POLICIES, c.policy])),
+        allowed_ranks=c.allowed_ranks,
+        margin=c.margin,
+    ).attach
 
 
 def _read_ranks(args: argparse.Namespace, probe_r: int) -> tuple[dict[str, int] | int, str | None]:

@@ -85,6 +85,7 @@ def train_variant(
     model_loader: ModelLoader | None = None,
     progress: Callable[[dict], None] | None = None,
     ranks_source: str | None = None,
+    trainer_hook: Callable[[Any], None] | None = None,
 ) -> TrainResult:
     """Train one variant and write ``output_dir/adapter/`` and ``output_dir/train_result.json``.
 
@@ -92,6 +93,7 @@ def train_variant(
     same rank everywhere; None for the probe (``lora.probe_r`` everywhere). ``progress`` gets
     ``{"step", "max_steps", "loss"}`` at every logging step. ``ranks_source`` names the rank
     file in error messages. Resumes from the last checkpoint when ``env.resume_from_checkpoint``.
+    ``trainer_hook`` gets the built Trainer before training (e.g. ``RankAuditCallback.attach``).
     The model is freed before returning; :func:`train_and_keep` keeps it for evaluation.
     """
     trained = train_and_keep(
@@ -104,6 +106,7 @@ def train_variant(
         model_loader=model_loader,
         progress=progress,
         ranks_source=ranks_source,
+        trainer_hook=trainer_hook,
     )
     trained.release()
     return trained.result
@@ -120,6 +123,7 @@ def train_and_keep(
     model_loader: ModelLoader | None = None,
     progress: Callable[[dict], None] | None = None,
     ranks_source: str | None = None,
+    trainer_hook: Callable[[Any], None] | None = None,
 ) -> TrainedVariant:
     """:func:`train_variant`, returning the trained model in memory (eval mode) with the result.
 
@@ -164,6 +168,8 @@ def train_and_keep(
         checkpoint_dir,
         recorder,
     )
+    if trainer_hook is not None:
+        trainer_hook(trainer)
     if cfg.train.save_steps is not None:
         write_json_atomic(checkpoint_dir / _RUN_MARKER, run_id)
     loop_started = time.perf_counter()
