@@ -30,6 +30,8 @@ VARIANT_NAMES = (
     "uniform_p90",
     "per_layer_shuffled_k",
     "per_layer_reversed",
+    "per_layer_truncated",
+    "probe_truncated_shuffled",
 )
 
 AlphaPolicy = Literal["constant_scale", "fixed_alpha", "rslora"]

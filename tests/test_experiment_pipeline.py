@@ -39,7 +39,10 @@ VARIANTS = [
     "per_layer_shuffled",
     "uniform_matched",
     "per_layer_reversed",
+    "per_layer_truncated",
+    "probe_truncated_shuffled",
 ]
+TRAINED = [v for v in VARIANTS if "truncated" not in v]
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -203,7 +206,7 @@ def test_aggregated_results_follow_the_schema_and_the_runs(local_run) -> None:
 
 def test_every_train_result_records_paired_init_and_update_norms(local_run) -> None:
     for seed in (42, 43):
-        for variant in VARIANTS:
+        for variant in TRAINED:
             result = read_model(
                 local_run.run_dir / f"seed_{seed}" / variant / "train_result.json", TrainResult
             )
@@ -227,6 +230,31 @@ def test_reversed_keeps_each_types_ranks_and_gives_the_neediest_module_the_least
                 for b in names:
                     if per_layer[a] > per_layer[b]:  # the audit says a needs more than b
                         assert reversed_ranks[a] <= reversed_ranks[b]
+
+
+def test_the_truncation_arm_cuts_the_probe_without_retraining(local_run, tmp_path) -> None:
+    from gradience.report.files import analyze_results
+
+    for seed in (42, 43):
+        shapes = {
+            m.name: (m.d_in, m.d_out)
+            for m in read_model(
+                local_run.run_dir / f"seed_{seed}" / "probe" / "audit.json", AuditResult
+            ).modules
+        }
+        for variant, like in (
+            ("per_layer_truncated", "per_layer"),
+            ("probe_truncated_shuffled", "per_layer_shuffled_within_type"),
+        ):
+            folder = local_run.run_dir / f"seed_{seed}" / variant
+            result = read_model(folder / "train_result.json", TrainResult)
+            assert result.steps == 0 and result.truncated_from.endswith("probe/adapter")
+            assert result.ranks == ranks_of(local_run.run_dir, seed, like)
+            assert result.trainable_params == lora_params(result.ranks, shapes)
+            assert (folder / "adapter" / "compress.json").is_file()
+    output = analyze_results(local_run.run_dir, output_dir=tmp_path)
+    assert "per_layer_truncated_vs_probe" in output.analysis.contrasts
+    assert "## Compression without retraining" in (tmp_path / "report.md").read_text()
 
 
 def test_a_new_gradience_version_retrains_every_job(local_run, tmp_path: Path, monkeypatch) -> None:

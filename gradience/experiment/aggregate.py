@@ -15,7 +15,7 @@ from pathlib import Path
 
 from gradience.errors import GradienceError
 from gradience.experiment import plan
-from gradience.experiment.jobs import gate_message, gate_score
+from gradience.experiment.jobs import gate_message, gate_score, variant_inputs_hash
 from gradience.experiment.records import JobRecord, read_record
 from gradience.faults import fault_point
 from gradience.io import read_model, write_model
@@ -81,7 +81,7 @@ def train_eval_state(
     ranks_file = ranks_path.relative_to(ctx.run_dir).as_posix() if ranks_path.is_file() else None
     if record is None:
         return VariantState("pending", "not started", ranks_file=ranks_file)
-    if record.inputs_hash != plan.train_inputs_hash(ctx.cfg, seed, variant, ranks, ctx.identity):
+    if record.inputs_hash != variant_inputs_hash(ctx, seed, variant, ranks):
         return VariantState("pending", "stale: ran with other inputs", ranks_file=ranks_file)
     if record.status == "failed":
         return VariantState("failed", record.error, ranks_file=ranks_file)

@@ -25,7 +25,7 @@ from gradience.experiment.records import (
     file_digest,
     read_record,
 )
-from gradience.experiment.trained import TrainedModel, load_trained, train
+from gradience.experiment.trained import TrainedModel, load_trained, train, truncate_probe
 from gradience.io import read_model, write_model
 from gradience.results import EvalResult, RankPattern
 
@@ -113,7 +113,7 @@ def train_eval_job(
     """Train (unless this job's training already finished) and evaluate; skip if all done."""
     job = plan.job_id(seed, variant)
     folder = plan.job_dir(ctx.run_dir, seed, variant)
-    inputs = plan.train_inputs_hash(ctx.cfg, seed, variant, ranks, ctx.identity)
+    inputs = variant_inputs_hash(ctx, seed, variant, ranks)
     previous = read_record(folder)
     if train_eval_finished(previous, inputs, folder, gated_probe(ctx, variant)):
         outcome = reused_train_eval(job, folder, previous)
@@ -137,9 +137,12 @@ def train_eval_job(
     model = None
     try:
         if not training_finished(clock.record, folder):
-            model = train(
-                ctx, seed, variant, ranks, folder, task_data, reporter(clock, sink, "train")
-            )
+            if variant in plan.TRUNCATED and ranks is not None:
+                model = truncate_probe(ctx, seed, variant, ranks, folder)
+            else:
+                model = train(
+                    ctx, seed, variant, ranks, folder, task_data, reporter(clock, sink, "train")
+                )
             clock.phase_done("train")
         else:  # only the evaluation was interrupted: load the saved adapter
             model = load_trained(ctx, folder)
@@ -164,6 +167,18 @@ def train_eval_job(
         output_digest=record.output_digest,
         gate_score=gate_score(folder),
     )
+
+
+def variant_inputs_hash(
+    ctx: plan.RunContext, seed: int, variant: str, ranks: Mapping[str, int] | None
+) -> str:
+    """A train+eval job's inputs hash; a truncation of the probe also depends on the probe's
+    adapter bytes (a retrained probe must be truncated again)."""
+    upstream = None
+    if variant in plan.TRUNCATED:
+        probe = read_record(plan.job_dir(ctx.run_dir, seed, plan.PROBE))
+        upstream = probe.output_digest if probe is not None else None
+    return plan.train_inputs_hash(ctx.cfg, seed, variant, ranks, ctx.identity, upstream)
 
 
 def gated_probe(ctx: plan.RunContext, variant: str) -> bool:

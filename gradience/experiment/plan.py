@@ -31,11 +31,14 @@ PROBE = "probe"
 AUDIT = "audit"
 RANKS_DIR = "ranks"
 SHUFFLED_K = "per_layer_shuffled_k"
+#: Variants made by truncating the seed's probe (SVD, no retraining), then evaluated.
+TRUNCATED = ("per_layer_truncated", "probe_truncated_shuffled")
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
 
 
 def trained_variants(cfg: ExperimentConfig) -> list[str]:
-    """The variants this config trains, probe first; ``per_layer_shuffled_k`` expands to k names."""
+    """The variants this config trains (or, for TRUNCATED, derives from the probe) and evaluates,
+    probe first; ``per_layer_shuffled_k`` expands to k names."""
     names = [PROBE]
     for variant in cfg.compression.variants:
         if variant == PROBE:
@@ -107,11 +110,13 @@ def train_inputs_hash(
     variant: str,
     ranks: Mapping[str, int] | None,
     identity: str | None = None,
+    upstream: str | None = None,
 ) -> str:
     """A train+eval job's inputs: training identity, seed, variant and ranks (None = probe).
 
     ``identity`` is :func:`gradience.train.identity.training_identity_hash` of ``cfg`` (settings,
     data file contents, library versions); pass the run's to avoid re-reading data files.
+    ``upstream``: the digest of an input adapter the job derives from (the truncation arm's probe).
     """
     return hash_data(
         {
@@ -119,6 +124,7 @@ def train_inputs_hash(
             "seed": seed,
             "variant": variant,
             "ranks": dict(ranks) if ranks is not None else None,
+            **({"upstream": upstream} if upstream is not None else {}),
         }
     )
 

@@ -88,3 +88,53 @@ def load_trained(ctx: plan.RunContext, folder: Path) -> TrainedModel:
     adapter = resolve_adapter_dir(folder / "adapter")
     model, tokenizer = load_model_and_tokenizer(ctx.cfg)
     return TrainedModel(load_adapter(model, adapter), tokenizer, str(adapter))
+
+
+def truncate_probe(
+    ctx: plan.RunContext, seed: int, variant: str, ranks: Mapping[str, int], folder: Path
+) -> TrainedModel:
+    """The truncation arm: the seed's probe cut to ``ranks`` by exact SVD, no retraining.
+
+    Writes ``adapter/`` (with ``compress.json``) and a ``train_result.json`` with 0 steps,
+    the adapter's parameter count and update norms, so that aggregation and the report treat
+    it like any variant; then loads it for evaluation (unmerged, like every variant).
+    """
+    import shutil
+    import time
+
+    from gradience.compress import truncate_adapter
+    from gradience.io import write_model
+    from gradience.results import TrainResult
+    from gradience.train.identity import library_versions
+    from gradience.train.lora_build import update_norms
+
+    started = time.perf_counter()
+    probe_adapter = plan.job_dir(ctx.run_dir, seed, plan.PROBE) / "adapter"
+    staging = folder / "adapter.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    compressed = truncate_adapter(probe_adapter, ranks, staging)
+    shutil.rmtree(folder / "adapter", ignore_errors=True)
+    staging.rename(folder / "adapter")
+    model = load_trained(ctx, folder)
+    alphas = {m.name: m.output_scaling * m.rank for m in compressed.modules}
+    write_model(
+        folder / "train_result.json",
+        TrainResult(
+            seed=seed,
+            variant=variant,
+            base_model=ctx.cfg.model.name,
+            ranks=dict(ranks),
+            alphas=alphas,
+            alpha_policy=f"{ctx.cfg.lora.alpha_policy} (probe's scaling kept by the truncation)",
+            trainable_params=compressed.params_after,
+            steps=0,
+            tokens=0,
+            wall_time_s=time.perf_counter() - started,
+            versions=library_versions(),
+            config_hash=ctx.cfg.config_hash(),
+            update_norms=update_norms(model.model),
+            truncated_from=str(probe_adapter),
+            kept_energy={m.name: m.kept_energy for m in compressed.modules},
+        ),
+    )
+    return model

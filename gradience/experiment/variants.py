@@ -65,6 +65,15 @@ def control_rules(
             "then effective rank) gets the smallest rank",
             lambda p: controls.reversed_within_type(p, module_types(audit), module_need(audit, p)),
         ),
+        "per_layer_truncated": (
+            "the probe truncated by SVD to per_layer's ranks, not retrained",
+            dict,
+        ),
+        "probe_truncated_shuffled": (
+            "the probe truncated by SVD to per_layer_shuffled_within_type's ranks "
+            f"(random.Random({seed} + 10000)), not retrained",
+            lambda p: controls.shuffled_within_type(p, module_types(audit), seed),
+        ),
         "uniform_median": ("uniform at the median per_layer rank", controls.uniform_median),
         "uniform_p90": ("uniform at the 90th-percentile per_layer rank", controls.uniform_p90),
     }

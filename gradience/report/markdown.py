@@ -207,6 +207,34 @@ def _update_norms(analysis: MechanismAnalysis) -> list[str]:
     ] + _table(["variant", "slope", "modules", "note"], rows)
 
 
+def _truncation(analysis: MechanismAnalysis) -> list[str]:
+    """The truncation arm in words: what compression costs before any retraining."""
+    cost = analysis.contrasts.get("per_layer_truncated_vs_probe")
+    if cost is None or cost.mean_diff is None:
+        return []
+    lines = [
+        "## Compression without retraining",
+        "",
+        f"- Truncating the probe to per_layer's ranks (SVD, no retraining) changes {cost.a} − "
+        f"{cost.b} by {cost.mean_diff:+.4f} (95% CI {_interval(cost.ci95)}, {cost.n_seeds} "
+        f"seed(s)), at {_num(cost.param_ratio, '.3f')}× the probe's parameters.",
+    ]
+    retrain = analysis.contrasts.get("per_layer_vs_per_layer_truncated")
+    if retrain is not None and retrain.mean_diff is not None:
+        lines.append(
+            f"- Retraining at those ranks (per_layer) instead gives {retrain.mean_diff:+.4f} over "
+            f"the truncated probe (95% CI {_interval(retrain.ci95)})."
+        )
+    placed = analysis.contrasts.get("per_layer_truncated_vs_probe_truncated_shuffled")
+    if placed is not None and placed.mean_diff is not None:
+        lines.append(
+            f"- Truncated to per_layer's ranks vs to the within-type shuffle's: "
+            f"{placed.mean_diff:+.4f} (95% CI {_interval(placed.ci95)}): placement before any "
+            "retraining."
+        )
+    return lines + [""]
+
+
 def render_report(
     analysis: MechanismAnalysis,
     results: AggregatedResults,
@@ -233,7 +261,8 @@ def render_report(
             "",
         ]
     lines += _setup(analysis, results) + _variants(results, metric)
-    lines += _placement(analysis) + _update_norms(analysis) + ["## Contrasts", ""]
+    lines += _placement(analysis) + _truncation(analysis) + _update_norms(analysis)
+    lines += ["## Contrasts", ""]
     hypothesis = analysis.inputs.get("hypothesis")
     power = float(hypothesis.get("power", 0.8)) if isinstance(hypothesis, Mapping) else 0.8
     for name, contrast in analysis.contrasts.items():

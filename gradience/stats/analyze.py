@@ -19,6 +19,16 @@ MECHANISM = ("per_layer", "per_layer_shuffled")  # the seed's rule: capacity cha
 HETEROGENEITY = ("per_layer", "uniform_matched")
 PRIMARY = (EFFICACY, PLACEMENT_MATCHED, MECHANISM)
 METRICS = ("exact_match", "strict_match")
+#: The truncation arm (the probe cut to ranks by SVD, not retrained), read as: what compression
+#: costs before any retraining, what retraining at those ranks adds, and whether placement
+#: matters without retraining.
+TRUNCATION = (
+    ("per_layer_truncated", "probe"),
+    ("per_layer", "per_layer_truncated"),
+    ("per_layer_truncated", "probe_truncated_shuffled"),
+)
+
+
 ROLES = {
     EFFICACY: "compression efficacy (E): do the audited ranks beat the probe?",
     PLACEMENT_MATCHED: "placement, parameter-matched (M, decides): audit placement vs the same "
@@ -26,6 +36,12 @@ ROLES = {
     MECHANISM: "placement, the seed's shuffle: also moves parameters between module types "
     "(see param_ratio); decides only without a within-type shuffle and with a ratio in 0.95-1.05",
     HETEROGENEITY: "heterogeneity (H): per_layer vs one uniform rank at its parameter budget",
+    TRUNCATION[0]: "compression without retraining: the probe truncated to per_layer's ranks "
+    "vs the probe itself",
+    TRUNCATION[1]: "what retraining adds: per_layer trained at its ranks vs the probe truncated "
+    "to them",
+    TRUNCATION[2]: "placement without retraining: the probe truncated to per_layer's ranks vs "
+    "to the within-type shuffle's",
 }
 
 
@@ -35,11 +51,18 @@ def eval_items_hash(item_ids: Sequence[str]) -> str:
 
 
 def secondary_pairs(results: AggregatedResults) -> list[tuple[str, str]]:
-    """per_layer vs every further control in the results (exploratory: outside the Holm family)."""
+    """per_layer vs every further control in the results, and the truncation arm's contrasts
+    (exploratory: outside the Holm family)."""
     if "per_layer" not in results.variants:
         return []
     primary_variants = {v for pair in PRIMARY for v in pair}
-    return [("per_layer", v) for v in results.variants if v not in primary_variants]
+    pairs = [("per_layer", v) for v in results.variants if v not in primary_variants]
+    pairs += [
+        pair
+        for pair in TRUNCATION
+        if all(v in results.variants for v in pair) and pair not in pairs
+    ]
+    return pairs
 
 
 def check_results(results: AggregatedResults, metric: str) -> None:
