@@ -86,8 +86,9 @@ def run_command(args: argparse.Namespace) -> int:
     from gradience.experiment.progress import progress_view
 
     cfg = configured(args)
-    # before any training: the estimated memory and disk, and a stop when they do not fit
-    resource_report(cfg, cfg.env.output_base_dir, config_path=args.config)
+    # before any training: the estimated memory and disk (stdout: stderr keeps errors to one
+    # line), and a stop when they do not fit
+    resource_report(cfg, cfg.env.output_base_dir, config_path=args.config, emit=print)
     with second_interrupt_exits():
         try:
             with progress_view(job_ids(cfg)) as view:
