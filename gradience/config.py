@@ -194,10 +194,12 @@ class LoraSection(_Section):
     )
     bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases train.")
     alpha_policy: AlphaPolicy = Field(
-        "constant_scale",
-        description="How alpha follows rank: 'constant_scale' keeps alpha/r equal to the probe's in "
-        "every module (variants differ only in rank); 'fixed_alpha' keeps alpha (scale = alpha/r_i); "
-        "'rslora' uses alpha/sqrt(r_i).",
+        "rslora",
+        description="How alpha follows rank: 'rslora' (default) scales by alpha/sqrt(r_i), under "
+        "which the size of the trained update depends least on rank (measured: "
+        "experiments/README.md, 'Step size'); 'constant_scale' keeps alpha/r equal to the probe's "
+        "in every module (the update then grows with rank under Adam); 'fixed_alpha' keeps alpha "
+        "(scale = alpha/r_i; lower ranks then make larger updates).",
     )
     paired_init: bool = Field(
         True,

@@ -17,7 +17,8 @@ def test_mechanism_test_config_loads_with_the_seed_values():
     cfg = load_config(MECHANISM_YAML)
     assert cfg.model.name == "mistralai/Mistral-7B-v0.1"
     assert cfg.task.name == "gsm8k" and cfg.task.eval_samples == 500
-    assert (cfg.lora.probe_r, cfg.lora.lora_alpha, cfg.lora.lora_dropout) == (64, 32, 0.1)
+    # rslora with alpha 4: 4/sqrt(64) keeps the seed's probe scale 32/64
+    assert (cfg.lora.probe_r, cfg.lora.lora_alpha, cfg.lora.lora_dropout) == (64, 4, 0.1)
     assert cfg.lora.target_modules == [
         "q_proj",
         "k_proj",
@@ -27,7 +28,8 @@ def test_mechanism_test_config_loads_with_the_seed_values():
         "up_proj",
         "down_proj",
     ]
-    assert cfg.lora.alpha_policy == "constant_scale"
+    assert cfg.lora.alpha_policy == "rslora"  # the measured default (experiments/README.md)
+    assert cfg.lora.lora_alpha / cfg.lora.probe_r**0.5 == 32 / 64  # the seed's probe scale kept
     assert cfg.compression.allowed_ranks == [1, 2, 4, 8, 16, 32, 64]
     assert cfg.train.seeds == [42, 43, 44]
     assert (

@@ -182,7 +182,7 @@ def test_aggregated_results_follow_the_schema_and_the_runs(local_run) -> None:
     results = AggregatedResults.model_validate_json(path.read_text())
     assert results == local_run.results and results.failures == []
     assert results.seeds == [42, 43] and list(results.variants) == VARIANTS
-    assert results.alpha_policy == "constant_scale"
+    assert results.alpha_policy == "rslora"  # the default
     ids = results.eval_item_ids
     assert len(ids) == 8 and len(set(ids)) == 8
     for variant, aggregate in results.variants.items():

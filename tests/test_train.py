@@ -43,7 +43,7 @@ def tiny_config(**train: object) -> ExperimentConfig:
                 "save_steps": None,
                 **train,
             },
-            "lora": {"probe_r": 4, "lora_alpha": 8},
+            "lora": {"probe_r": 4, "lora_alpha": 8, "alpha_policy": "constant_scale"},
             "compression": {"allowed_ranks": [1, 2, 4]},
             "env": {"device": "cpu", "torch_dtype": "float32", "num_threads": 1},
         }
