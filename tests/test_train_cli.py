@@ -105,7 +105,8 @@ def test_uniform_rank_trains_every_target_module_at_that_rank(tmp_path, config_f
     result = read_model(tmp_path / "train_result.json", TrainResult)
     assert set(result.ranks.values()) == {2} and len(result.ranks) == 4 * 7
     assert result.seed == load_config(config_file).train.seeds[0]
-    assert set(result.alphas.values()) == {2 * 8 / 4}
+    # the default alpha policy, rslora, keeps alpha (8) and scales by alpha/sqrt(r)
+    assert result.alpha_policy == "rslora" and set(result.alphas.values()) == {8.0}
 
 
 @pytest.mark.parametrize(
