@@ -253,13 +253,22 @@ def judge_placement(
     if placement.matched is not None:
         m = judge(placement.matched, "placement (parameter-matched)", tau, alpha, None, power)
         if seed_rule is not None and seed_rule.outcome is not m.outcome:
+            if _in_band(placement.seed_rule):
+                why = (
+                    f"Both train about as many parameters (ratio {_ratio(placement.seed_rule)}), "
+                    "so the difference is in what the data show, not in capacity: each shuffle is "
+                    "one random placement, and the two move different modules."
+                )
+            else:
+                why = (
+                    f"The seed's shuffle moves rank between module types of different sizes "
+                    f"(per_layer / shuffle parameter ratio {_ratio(placement.seed_rule)}), so its "
+                    "difference mixes placement with capacity."
+                )
             notes.append(
                 f"The two placement contrasts disagree: per_layer vs the within-type shuffle is "
                 f"{m.outcome.value.upper()}, per_layer vs the seed's shuffle is "
-                f"{seed_rule.outcome.value.upper()}. The seed's shuffle moves rank between module "
-                f"types of different sizes (per_layer / shuffle parameter ratio "
-                f"{_ratio(placement.seed_rule)}), so its difference mixes placement with capacity; "
-                "the parameter-matched contrast decides."
+                f"{seed_rule.outcome.value.upper()}. {why} The parameter-matched contrast decides."
             )
         if seed_rule is not None:
             notes.append(f"{seed_rule.reason} (parameter ratio {_ratio(placement.seed_rule)})")
