@@ -127,6 +127,13 @@ def test_a_run_killed_at_every_fault_point_finishes_as_if_never_killed(
     assert audit.modules == reference.modules  # the audit read the complete adapter
 
 
+def interruptible() -> None:
+    """Give the child Ctrl-C as a terminal would. A test runner started in the background of a
+    non-interactive shell (``make test &``, nohup) inherits SIGINT *ignored*, and Python then
+    never installs its KeyboardInterrupt handler: the test would measure the runner, not us."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 def test_ctrl_c_stops_at_once_keeps_finished_jobs_and_says_how_to_resume(
     reliability_config_file, reference_run, tmp_path, capsys
@@ -138,6 +145,7 @@ def test_ctrl_c_stops_at_once_keeps_finished_jobs_and_says_how_to_resume(
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=interruptible,
     )
     try:
         deadline = time.monotonic() + 240
@@ -186,7 +194,11 @@ print("cleanup finished")
 def test_a_second_ctrl_c_during_cleanup_exits_at_once() -> None:
     started = time.monotonic()
     result = subprocess.run(
-        [sys.executable, "-c", SECOND_CTRL_C], capture_output=True, text=True, timeout=60
+        [sys.executable, "-c", SECOND_CTRL_C],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        preexec_fn=interruptible,
     )
     assert result.returncode == 130 and time.monotonic() - started < 20
     assert result.stdout == "first Ctrl-C: cleaning up\n"
