@@ -39,17 +39,11 @@ import tempfile
 import time
 from pathlib import Path
 
-HIDDEN, KV, INTERMEDIATE, VOCAB = 4096, 1024, 14336, 32000
-#: (module type, parent, d_in, d_out) of one Mistral-7B decoder layer.
-MODULES = [
-    ("q_proj", "self_attn", HIDDEN, HIDDEN),
-    ("k_proj", "self_attn", HIDDEN, KV),
-    ("v_proj", "self_attn", HIDDEN, KV),
-    ("o_proj", "self_attn", HIDDEN, HIDDEN),
-    ("gate_proj", "mlp", HIDDEN, INTERMEDIATE),
-    ("up_proj", "mlp", HIDDEN, INTERMEDIATE),
-    ("down_proj", "mlp", INTERMEDIATE, HIDDEN),
-]
+# the Mistral-7B layer shape audit_speed.py already defines (a sibling script: benchmarks/ is
+# on sys.path when either runs)
+from audit_speed import MODULES  # noqa: E402
+
+VOCAB = 32000
 SPEED_TARGET, MEMORY_TARGET = 10.0, 0.2
 
 PEFT_SCRIPT = """
