@@ -287,6 +287,14 @@ class EnvConfig(_Section):
         "library versions then give the same bits (slower; an op without a deterministic kernel "
         "fails). CPU runs are reproducible without it. See README, Reliability.",
     )
+    reuse_base_model: bool | None = Field(
+        None,
+        description="Keep the base model loaded across jobs and re-initialise only LoRA (each "
+        "job's LoRA is unloaded and the base weights checked bit-identical before the next job "
+        "borrows them; results equal loading afresh). null: on with the local executor unless "
+        "model.device_map or train.gradient_checkpointing is set; true: insist; false: load "
+        "the base model afresh for every job. Ray jobs always run in fresh workers.",
+    )
     ray_dashboard: bool = Field(
         False,
         description="Start Ray's dashboard (on 127.0.0.1) when gradience starts Ray itself; "

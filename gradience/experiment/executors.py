@@ -38,18 +38,24 @@ LOCAL_RAY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 def run_locally(
     ctx: plan.RunContext, task_data: TaskData, sink: EventSink | None = None
 ) -> dict[str, JobOutcome]:
-    """Every seed in order: probe, gate + audit, each variant. Writes a seed's bench when done."""
+    """Every seed in order: probe, gate + audit, each variant. Writes a seed's bench when done.
+
+    With ``env.reuse_base_model`` (default: on where safe) the base model is loaded once and
+    lent to each job in turn (:mod:`gradience.models.reuse`).
+    """
     from gradience.experiment.aggregate import write_seed_bench
+    from gradience.models.reuse import reuse_base_model, reusing_base_model
 
     outcomes: dict[str, JobOutcome] = {}
-    for seed in ctx.cfg.train.seeds:
-        probe = probe_job(ctx, seed, task_data, sink)
-        audit = audit_job(ctx, seed, probe, sink)
-        outcomes[probe.job], outcomes[audit.job] = probe, audit
-        for variant in plan.trained_variants(ctx.cfg)[1:]:
-            outcome = variant_job(ctx, seed, variant, audit, task_data, sink)
-            outcomes[outcome.job] = outcome
-        write_seed_bench(ctx, seed)
+    with reusing_base_model(reuse_base_model(ctx.cfg, "local")):
+        for seed in ctx.cfg.train.seeds:
+            probe = probe_job(ctx, seed, task_data, sink)
+            audit = audit_job(ctx, seed, probe, sink)
+            outcomes[probe.job], outcomes[audit.job] = probe, audit
+            for variant in plan.trained_variants(ctx.cfg)[1:]:
+                outcome = variant_job(ctx, seed, variant, audit, task_data, sink)
+                outcomes[outcome.job] = outcome
+            write_seed_bench(ctx, seed)
     return outcomes
 
 
@@ -70,6 +76,9 @@ def run_on_ray(
         raise GradienceError(
             "the ray executor needs Ray: pip install 'ray'", field="env.executor"
         ) from None
+    from gradience.models.reuse import reuse_base_model
+
+    reuse_base_model(ctx.cfg, "ray")  # env.reuse_base_model: true is an error here
     started_here = not ray.is_initialized()
     if started_here:
         start_ray(address, dashboard=ctx.cfg.env.ray_dashboard)

@@ -4,6 +4,10 @@ Training keeps its PeftModel in memory and the evaluations (the probe gate's and
 set's) run on that very model: no second load of the base model, and the weights scored are
 the weights trained. Only a job whose training finished in an earlier attempt loads the saved
 adapter from disk.
+
+When the executor activated a :class:`~gradience.models.reuse.BaseModelCache`, the base model
+is borrowed from it instead of loaded, and given back (LoRA unloaded, weights checked) when
+the job releases its model.
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from gradience.experiment import plan
 
 if TYPE_CHECKING:
+    from gradience.models.reuse import BaseModelCache
     from gradience.results import EvalResult
     from gradience.tasks import TaskData
 
@@ -27,6 +32,8 @@ class TrainedModel:
     model: Any
     tokenizer: Any
     adapter: str
+    #: Where the base model was borrowed from (None: loaded for this job alone).
+    base_cache: BaseModelCache | None = None
 
     def evaluate(
         self,
@@ -50,6 +57,8 @@ class TrainedModel:
     def release(self) -> None:
         from gradience.models import release_memory
 
+        if self.base_cache is not None and self.model is not None:
+            self.base_cache.give_back(self.model)
         self.model = None
         release_memory()
 
@@ -64,9 +73,11 @@ def train(
     progress: Callable[[dict], None],
 ) -> TrainedModel:
     """Train the variant and keep it in memory: evaluation reuses this very model."""
+    from gradience.models.reuse import active_cache
     from gradience.train.run import train_and_keep
 
     source = None if ranks is None else str(plan.ranks_file(ctx.run_dir, seed, variant))
+    cache = active_cache()
     trained = train_and_keep(
         ctx.cfg,
         ranks,
@@ -76,18 +87,21 @@ def train(
         task_data=task_data,
         progress=progress,
         ranks_source=source,
+        model_loader=cache.borrow if cache is not None else None,
     )
-    return TrainedModel(trained.model, trained.tokenizer, str(folder / "adapter"))
+    return TrainedModel(trained.model, trained.tokenizer, str(folder / "adapter"), cache)
 
 
 def load_trained(ctx: plan.RunContext, folder: Path) -> TrainedModel:
     """The base model with the job's saved adapter (unmerged), for an evaluation-only attempt."""
     from gradience.evaluate.run import load_adapter, resolve_adapter_dir
     from gradience.models import load_model_and_tokenizer
+    from gradience.models.reuse import active_cache
 
     adapter = resolve_adapter_dir(folder / "adapter")
-    model, tokenizer = load_model_and_tokenizer(ctx.cfg)
-    return TrainedModel(load_adapter(model, adapter), tokenizer, str(adapter))
+    cache = active_cache()
+    model, tokenizer = (cache.borrow if cache is not None else load_model_and_tokenizer)(ctx.cfg)
+    return TrainedModel(load_adapter(model, adapter), tokenizer, str(adapter), cache)
 
 
 def truncate_probe(
