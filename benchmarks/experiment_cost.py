@@ -22,7 +22,8 @@ same machine, as ``gpu_check.sh`` does, to measure each thing once):
 * training: J × ``max_steps`` × step time. Every variant is charged the probe's step (an upper
   bound: LoRA is ~2% of the step's FLOPs);
 * evaluation: (J × ⌈eval_samples / eval_batch_size⌉ + seeds × ⌈64 / eval_batch_size⌉ for the
-  probe gates) batches × ``max_new_tokens`` decoding steps: the worst case, in which some row
+  probe gates) batches (a config with ``eval_batch_size: auto`` is charged generation.py's
+  batch size) × ``max_new_tokens`` decoding steps: the worst case, in which some row
   of every batch runs to the budget;
 * audit: seeds × the audit time per layer × layers.
 
@@ -208,6 +209,8 @@ def main() -> int:
     step = {m: mfu_result[m]["step_s"] * training_scale for m in ("as_written", "with_fixes")}
     decode_batches = math.ceil(gen_result["prompts"] / gen_result["batch_size"])
     decode_step_s = gen_result["batched_s"] / (decode_batches * gen_result["new_tokens"])
+    if cfg.task.eval_batch_size == "auto":  # charged at the batch generation.py measured
+        cfg.task.eval_batch_size = gen_result["batch_size"]
     decode_step_s *= decode_scale * cfg.task.eval_batch_size / gen_result["batch_size"]
     load = load_seconds_per_gb(args.load_mb or (1024 if gpu else 256), device)
     audit = audit_seconds_per_layer(args.audit_layers, cfg.lora.probe_r)

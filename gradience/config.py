@@ -127,11 +127,24 @@ class TaskConfig(_Section):
         200, gt=0, description="Offline profiles: number of evaluation problems to generate."
     )
     max_new_tokens: int = Field(256, gt=0, description="Generation budget per eval item.")
-    eval_batch_size: int = Field(16, gt=0, description="Items per generation batch (left-padded).")
+    eval_batch_size: int | Literal["auto"] = Field(
+        "auto",
+        description="Items per generation batch (left-padded). 'auto': on CUDA as many as fit in "
+        "the free memory (KV cache of prompt + max_new_tokens per row), decided once per seed "
+        "by the probe's job so every variant evaluates in the same batches; 16 on CPU and MPS. "
+        "A number pins it.",
+    )
     stop_strings: list[str] = Field(
         default_factory=lambda: ["\nQuestion:"],
         description="Generation stops at EOS or at any of these strings (cut from the completion).",
     )
+
+    @field_validator("eval_batch_size", mode="before")
+    @classmethod
+    def _batch_size(cls, value: Any) -> Any:
+        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+            return value
+        raise ValueError("must be a positive integer or 'auto'")
 
     @field_validator("prompt_template")
     @classmethod

@@ -134,6 +134,12 @@ class EvalResult(_Versioned):
     tokens_per_s: float
     generated_tokens: int = 0
     adapter: str | None = None
+    eval_batch_size: int | None = Field(None, description="Items per generation batch used.")
+    eval_batch_size_source: str | None = Field(
+        None,
+        description="Where that batch size came from: 'config' (pinned), 'free memory', "
+        "'cpu default', or 'run' (decided by the seed's probe job for every variant).",
+    )
 
 
 class Prediction(_Result):

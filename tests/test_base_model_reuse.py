@@ -31,10 +31,11 @@ def reduced_config(reuse: bool | None) -> ExperimentConfig:
     cfg.train.save_steps = None
     cfg.compression.variants = list(VARIANTS)
     cfg.env.reuse_base_model = reuse
+    cfg.task.eval_batch_size = "auto"
     return cfg
 
 
-def counting_loads(monkeypatch) -> list[str]:
+def counting_loads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Record every fresh load of a base model (the real loader still does the loading)."""
     loads: list[str] = []
     real = gradience.models.load_model_and_tokenizer
@@ -56,17 +57,34 @@ def job_outputs(run_dir: Path, variant: str) -> tuple[dict, dict, str, dict[str,
     for key in ("wall_time_s", "generation_time_s", "tokens_per_s", "adapter", "config_hash"):
         evaluation.pop(key, None)
     predictions = (folder / "predictions.jsonl").read_text()
-    return train, evaluation, predictions, load_file(str(folder / "adapter" / "adapter_model.safetensors"))
+    return (
+        train,
+        evaluation,
+        predictions,
+        load_file(str(folder / "adapter" / "adapter_model.safetensors")),
+    )
 
 
-def test_a_run_reusing_the_base_model_equals_a_run_loading_it_afresh(tmp_path, monkeypatch) -> None:
+@pytest.fixture(scope="module")
+def two_runs(tmp_path_factory, one_torch_thread):
+    """The reduced config run twice: loading the base model per job, then reusing it."""
+    monkeypatch = pytest.MonkeyPatch()
     loads = counting_loads(monkeypatch)
-    fresh = run_mechanism_test(reduced_config(reuse=False), tmp_path / "fresh")
-    fresh_loads = len(loads)
-    reused = run_mechanism_test(reduced_config(reuse=None), tmp_path / "reused")
+    root = tmp_path_factory.mktemp("reuse")
+    try:
+        fresh = run_mechanism_test(reduced_config(reuse=False), root / "fresh")
+        fresh_loads = len(loads)
+        reused = run_mechanism_test(reduced_config(reuse=None), root / "reused")
+    finally:
+        monkeypatch.undo()
     assert fresh.complete and reused.complete
+    return fresh, reused, fresh_loads, len(loads) - fresh_loads
+
+
+def test_a_run_reusing_the_base_model_equals_a_run_loading_it_afresh(two_runs) -> None:
+    fresh, reused, fresh_loads, reused_loads = two_runs
     assert fresh_loads == len(VARIANTS)  # one load per train+eval job
-    assert len(loads) - fresh_loads == 1  # one load for the whole run
+    assert reused_loads == 1  # one load for the whole run
     for variant in VARIANTS:
         a_train, a_eval, a_pred, a_adapter = job_outputs(fresh.run_dir, variant)
         b_train, b_eval, b_pred, b_adapter = job_outputs(reused.run_dir, variant)
@@ -75,6 +93,16 @@ def test_a_run_reusing_the_base_model_equals_a_run_loading_it_afresh(tmp_path, m
         assert a_pred == b_pred, variant
         assert a_adapter.keys() == b_adapter.keys()
         assert all(torch.equal(a_adapter[k], b_adapter[k]) for k in a_adapter), variant
+
+
+def test_an_unpinned_batch_size_is_chosen_by_the_probe_and_used_by_every_variant(two_runs) -> None:
+    _, reused, _, _ = two_runs
+    evals = {
+        v: json.loads((reused.run_dir / "seed_42" / v / "eval.json").read_text()) for v in VARIANTS
+    }
+    assert {e["eval_batch_size"] for e in evals.values()} == {16}  # on CPU: the fixed default
+    assert evals["probe"]["eval_batch_size_source"] == "cpu default"
+    assert {evals[v]["eval_batch_size_source"] for v in VARIANTS[1:]} == {"run"}
 
 
 def test_a_borrowed_model_comes_back_without_lora_and_with_the_same_bits() -> None:

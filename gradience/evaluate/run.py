@@ -20,6 +20,7 @@ from gradience.results import EvalResult, Prediction
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
+    from gradience.evaluate.batch_size import BatchSize
     from gradience.evaluate.generate import Generation
     from gradience.tasks import Example, TaskData
 
@@ -117,13 +118,15 @@ def evaluate_model(
     task_data: TaskData | None = None,
     progress: Callable[[dict], None] | None = None,
     adapter_label: str | None = None,
+    batch_size: BatchSize | None = None,
 ) -> EvalResult:
     """Greedy-generate an answer for every eval item with ``model`` as it is in memory (a
     trained PeftModel, unmerged, or a base model), score it, write eval.json and
     predictions.jsonl.
 
     ``progress`` gets ``{"done", "total"}`` (items) after every generation batch.
-    ``adapter_label`` is recorded as the result's ``adapter``.
+    ``adapter_label`` is recorded as the result's ``adapter``. ``batch_size``: decided by the
+    caller (e.g. once per seed); None: :func:`eval_batch_size` for this model and these items.
     """
     import torch
 
@@ -137,6 +140,7 @@ def evaluate_model(
     model.eval()
 
     prompts = [build_prompt(cfg.task, example) for example in items]
+    batch_size = batch_size or eval_batch_size(cfg, model, tokenizer, prompts)
     done = 0
 
     def batch_finished(n: int) -> None:
@@ -151,7 +155,7 @@ def evaluate_model(
         model,
         tokenizer,
         prompts,
-        batch_size=cfg.task.eval_batch_size,
+        batch_size=batch_size.size,
         max_new_tokens=cfg.task.max_new_tokens,
         stop_strings=cfg.task.stop_strings,
         stop_at_answer=True,
@@ -181,12 +185,29 @@ def evaluate_model(
         base_model=cfg.model.name,
         task=cfg.task.name,
         max_new_tokens=cfg.task.max_new_tokens,
-        eval_batch_size=cfg.task.eval_batch_size,
+        eval_batch_size=batch_size.size,
+        eval_batch_size_source=batch_size.source,
         config_hash=cfg.config_hash(),
         adapter_applied="unmerged" if adapter_label is not None else None,
     )
     write_model(output_dir / "eval.json", result)
     return result
+
+
+def eval_batch_size(
+    cfg: ExperimentConfig,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+) -> BatchSize:
+    """``task.eval_batch_size`` if pinned, else sized to the device's free memory for the
+    longest of ``prompts`` plus ``max_new_tokens`` (:mod:`gradience.evaluate.batch_size`)."""
+    from gradience.evaluate.batch_size import choose_eval_batch_size
+    from gradience.evaluate.generate import prompt_token_ids
+
+    pinned = cfg.task.eval_batch_size
+    lengths = [] if pinned != "auto" else [len(prompt_token_ids(tokenizer, p)) for p in prompts]
+    return choose_eval_batch_size(pinned, model, lengths, cfg.task.max_new_tokens)
 
 
 def score(example: Example, prompt: str, generation: Generation) -> Prediction:

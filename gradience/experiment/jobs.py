@@ -25,11 +25,18 @@ from gradience.experiment.records import (
     file_digest,
     read_record,
 )
-from gradience.experiment.trained import TrainedModel, load_trained, train, truncate_probe
+from gradience.experiment.trained import (
+    TrainedModel,
+    job_batch_size,
+    load_trained,
+    train,
+    truncate_probe,
+)
 from gradience.io import read_model, write_model
 from gradience.results import EvalResult, RankPattern
 
 if TYPE_CHECKING:
+    from gradience.evaluate.batch_size import BatchSize
     from gradience.tasks import TaskData
 
 OutcomeStatus = Literal["done", "reused", "failed", "skipped", "gated"]
@@ -64,6 +71,9 @@ class JobOutcome:
     output_digest: str | None = None
     ranks: Mapping[str, Mapping[str, int]] | None = None
     gate_score: float | None = None
+    #: The generation batch size the seed's probe chose (``task.eval_batch_size: auto``);
+    #: the audit passes it on, so that every variant of the seed evaluates in the same batches.
+    eval_batch_size: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -99,7 +109,9 @@ def variant_job(
         outcome = JobOutcome(job, "skipped", f"not run: {audit.job} {audit.status}")
         emit(sink, job, "finished", status=outcome.status, message=outcome.message)
         return outcome
-    return train_eval_job(ctx, seed, variant, audit.ranks[variant], task_data, sink)
+    return train_eval_job(
+        ctx, seed, variant, audit.ranks[variant], task_data, sink, audit.eval_batch_size
+    )
 
 
 def train_eval_job(
@@ -109,8 +121,13 @@ def train_eval_job(
     ranks: Mapping[str, int] | None,
     task_data: TaskData,
     sink: EventSink | None = None,
+    eval_batch_size: int | None = None,
 ) -> JobOutcome:
-    """Train (unless this job's training already finished) and evaluate; skip if all done."""
+    """Train (unless this job's training already finished) and evaluate; skip if all done.
+
+    ``eval_batch_size``: the seed's generation batch size as its probe chose it (None: this
+    job chooses, see :func:`~gradience.experiment.trained.job_batch_size`).
+    """
     job = plan.job_id(seed, variant)
     folder = plan.job_dir(ctx.run_dir, seed, variant)
     inputs = variant_inputs_hash(ctx, seed, variant, ranks)
@@ -146,10 +163,11 @@ def train_eval_job(
             clock.phase_done("train")
         else:  # only the evaluation was interrupted: load the saved adapter
             model = load_trained(ctx, folder)
+        batch = job_batch_size(ctx, model, task_data, eval_batch_size)
         if gated_probe(ctx, variant):
-            gate_evaluation(ctx, model, folder, task_data, reporter(clock, sink, "gate"))
+            gate_evaluation(ctx, model, folder, task_data, reporter(clock, sink, "gate"), batch)
             clock.phase_done("gate")
-        result = model.evaluate(ctx, folder, task_data, reporter(clock, sink, "eval"))
+        result = model.evaluate(ctx, folder, task_data, reporter(clock, sink, "eval"), batch)
         clock.phase_done("eval")
         record = clock.finish(output_digest=file_digest(folder / ADAPTER_WEIGHTS))
     except Exception as error:  # noqa: BLE001 - recorded, shown, and the run goes on
@@ -166,6 +184,7 @@ def train_eval_job(
         exact_match=result.exact_match,
         output_digest=record.output_digest,
         gate_score=gate_score(folder),
+        eval_batch_size=result.eval_batch_size,
     )
 
 
@@ -191,12 +210,13 @@ def gate_evaluation(
     folder: Path,
     task_data: TaskData,
     progress: Callable[[dict], None],
+    batch: BatchSize | None = None,
 ) -> EvalResult:
     """The probe's exact match on its first GATE_ITEMS training items (``probe/gate/eval.json``)."""
     from gradience.tasks import TaskData as Data
 
     items = Data(train=task_data.train, eval=task_data.train[:GATE_ITEMS], name=task_data.name)
-    return model.evaluate(ctx, folder / GATE_DIR, items, progress)
+    return model.evaluate(ctx, folder / GATE_DIR, items, progress, batch)
 
 
 def gate_score(folder: Path) -> float | None:
@@ -258,6 +278,7 @@ def reused_train_eval(job: str, folder: Path, record: JobRecord) -> JobOutcome:
         exact_match=result.exact_match,
         output_digest=record.output_digest,
         gate_score=gate_score(folder),
+        eval_batch_size=result.eval_batch_size,
     )
 
 
@@ -296,7 +317,7 @@ def audit_job(
             for v in variants
         }
         emit(sink, job, "finished", status="reused")
-        return JobOutcome(job, "reused", ranks=ranks)
+        return JobOutcome(job, "reused", ranks=ranks, eval_batch_size=probe.eval_batch_size)
     fresh = JobRecord(job=job, kind="audit", seed=seed, inputs_hash=inputs, status="running")
     clock = JobClock.start(folder, previous, fresh, keep_phases=False)
     emit(sink, job, "started", attempt=clock.record.attempts)
@@ -308,7 +329,12 @@ def audit_job(
         emit(sink, job, "finished", status="failed", message=record.error)
         return JobOutcome(job, "failed", record.error)
     emit(sink, job, "finished", status="done")
-    return JobOutcome(job, "done", ranks={v: patterns[v].ranks for v in variants})
+    return JobOutcome(
+        job,
+        "done",
+        ranks={v: patterns[v].ranks for v in variants},
+        eval_batch_size=probe.eval_batch_size,
+    )
 
 
 def gate_message(ctx: plan.RunContext, seed: int, train_score: float | None) -> str | None:

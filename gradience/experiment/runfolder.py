@@ -47,6 +47,7 @@ FREE_FIELDS = (
     "env.resume_from_checkpoint",
     "env.num_threads",
     "env.deterministic",
+    "env.reuse_base_model",
     "hypothesis",
     "metadata",
 )

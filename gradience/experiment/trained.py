@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from gradience.experiment import plan
 
 if TYPE_CHECKING:
+    from gradience.evaluate.batch_size import BatchSize
     from gradience.models.reuse import BaseModelCache
     from gradience.results import EvalResult
     from gradience.tasks import TaskData
@@ -41,6 +42,7 @@ class TrainedModel:
         output_dir: Path,
         task_data: TaskData,
         progress: Callable[[dict], None],
+        batch_size: BatchSize | None = None,
     ) -> EvalResult:
         from gradience.evaluate import evaluate_model
 
@@ -52,7 +54,16 @@ class TrainedModel:
             task_data=task_data,
             progress=progress,
             adapter_label=self.adapter,
+            batch_size=batch_size,
         )
+
+    def batch_size(self, ctx: plan.RunContext, task_data: TaskData) -> BatchSize:
+        """The generation batch size for this model on the task's eval items."""
+        from gradience.evaluate.run import eval_batch_size
+        from gradience.tasks import build_prompt
+
+        prompts = [build_prompt(ctx.cfg.task, example) for example in task_data.eval]
+        return eval_batch_size(ctx.cfg, self.model, self.tokenizer, prompts)
 
     def release(self) -> None:
         from gradience.models import release_memory
@@ -61,6 +72,20 @@ class TrainedModel:
             self.base_cache.give_back(self.model)
         self.model = None
         release_memory()
+
+
+def job_batch_size(
+    ctx: plan.RunContext, model: TrainedModel, task_data: TaskData, decided: int | None
+) -> BatchSize:
+    """The job's generation batch size: pinned by the config, else ``decided`` by the seed's
+    probe, else chosen now (the probe's job; it also holds the most LoRA memory of the seed)."""
+    from gradience.evaluate.batch_size import BatchSize
+
+    if ctx.cfg.task.eval_batch_size != "auto":
+        return BatchSize(ctx.cfg.task.eval_batch_size, "config")
+    if decided is not None:
+        return BatchSize(decided, "run")
+    return model.batch_size(ctx, task_data)
 
 
 def train(

@@ -147,9 +147,7 @@ class BaseModelCache:
         self._lent = False
         problem = self._restore(loaded, model)
         if problem is not None:
-            warnings.warn(
-                f"the base model is not reused for the next job: {problem}", stacklevel=2
-            )
+            warnings.warn(f"the base model is not reused for the next job: {problem}", stacklevel=2)
             self.discard()
 
     def _restore(self, loaded: _Loaded, model: Any) -> str | None:
