@@ -308,6 +308,20 @@ class EnvConfig(_Section):
         "model.device_map or train.gradient_checkpointing is set; true: insist; false: load "
         "the base model afresh for every job. Ray jobs always run in fresh workers.",
     )
+    ray_run_dir: Literal["auto", "shared", "object_store"] = Field(
+        "auto",
+        description="How Ray jobs reach the run folder. 'shared': every node sees it (a shared "
+        "disk); the run stops up front, naming the node, when one cannot. 'object_store': no "
+        "task touches it; job inputs and results travel through Ray's object store, each task "
+        "works in a node-local scratch folder and the driver writes every file. 'auto': "
+        "'shared' when every node sees the run folder, else 'object_store'.",
+    )
+    ray_scratch_dir: str | None = Field(
+        None,
+        description="Node-local folder where Ray tasks work when the run folder travels through "
+        "the object store (one subfolder per node, removed file by file as jobs end); null: "
+        "each node's temp dir.",
+    )
     ray_dashboard: bool = Field(
         False,
         description="Start Ray's dashboard (on 127.0.0.1) when gradience starts Ray itself; "

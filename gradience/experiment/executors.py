@@ -10,15 +10,19 @@ refs (probe -> audit -> variants); Ray decides where and when each runs:
   memory, and could take a job meant for another GPU;
 * a config that asks for CUDA never falls back to CPU because the cluster has no GPU (yet,
   on an autoscaling cluster): the run stops before submitting anything;
-* jobs read and write the run folder (the audit reads the probe's adapter; the Ray view reads
-  the records), so every node must see it: the run checks this up front on every node and
-  stops with the node's name when one cannot (put ``env.output_base_dir`` on a shared disk).
+* jobs reach the run folder one of two ways (``env.ray_run_dir``): on a disk every node
+  shares, where they read and write it directly (the run checks up front that every node
+  sees it, and the live view follows running jobs' records); or through the object store,
+  where each task works in a node-local scratch folder and the driver writes every file
+  (:mod:`gradience.experiment.shipping`; the view then shows jobs as they finish). ``auto``
+  takes the first when every node sees the run folder, else the second.
 """
 
 from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gradience.errors import GradienceError
@@ -84,9 +88,10 @@ def run_on_ray(
         start_ray(address, dashboard=ctx.cfg.env.ray_dashboard)
     try:
         resources = job_resources(ctx, ray.cluster_resources().get("GPU", 0))
-        check_shared_run_dir(ctx)
+        shared = run_dir_is_shared(ctx)
         watcher = RecordWatcher(ctx, sink)  # before submitting: every record change is news
-        return wait_for_jobs(submit_jobs(ctx, task_data, resources), watcher)
+        submit = submit_jobs if shared else submit_shipped_jobs
+        return wait_for_jobs(submit(ctx, task_data, resources), watcher, ctx.run_dir)
     finally:
         if started_here:
             ray.shutdown()
@@ -142,8 +147,30 @@ def job_resources(ctx: plan.RunContext, cluster_gpus: float) -> dict[str, Any]:
     return {"num_cpus": 1}
 
 
+def run_dir_is_shared(ctx: plan.RunContext) -> bool:
+    """Whether jobs use the run folder directly (``env.ray_run_dir``; see the module docstring)."""
+    mode = ctx.cfg.env.ray_run_dir
+    if mode == "shared":
+        check_shared_run_dir(ctx)
+        return True
+    return mode == "auto" and not nodes_without_run_dir(ctx)
+
+
 def check_shared_run_dir(ctx: plan.RunContext) -> None:
     """Every alive node must see the run folder's config.yaml, or the run stops now."""
+    blind = nodes_without_run_dir(ctx)
+    if blind:
+        raise GradienceError(
+            f"Ray node(s) {', '.join(blind)} cannot see the run folder {ctx.run_dir}, and "
+            "env.ray_run_dir is 'shared' (jobs read the probe's adapter and write their results "
+            "there). Put env.output_base_dir on a shared disk, or set env.ray_run_dir to 'auto' "
+            "or 'object_store' to send files through Ray's object store",
+            field="env.ray_run_dir",
+        )
+
+
+def nodes_without_run_dir(ctx: plan.RunContext) -> list[str]:
+    """The alive nodes that cannot see the run folder's config.yaml (host names, sorted)."""
     import ray
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
@@ -158,15 +185,7 @@ def check_shared_run_dir(ctx: plan.RunContext) -> None:
         .remote(marker)
         for node in nodes
     }
-    blind = [host for host, ref in probes.items() if not ray.get(ref)]
-    if blind:
-        raise GradienceError(
-            f"Ray node(s) {', '.join(sorted(blind))} cannot see the run folder {ctx.run_dir}: "
-            "the ray executor needs it on a disk every node shares (jobs read the probe's adapter "
-            "and write their results there). Put env.output_base_dir on a shared disk, or run "
-            "on one node",
-            field="env.output_base_dir",
-        )
+    return sorted(host for host, ref in probes.items() if not ray.get(ref))
 
 
 def _sees_file(path: str) -> bool:
@@ -203,8 +222,44 @@ def submit_jobs(
     return refs
 
 
-def wait_for_jobs(refs: dict[str, Any], watcher: RecordWatcher) -> dict[str, JobOutcome]:
-    """Collect outcomes as tasks finish; report running jobs' progress from their records."""
+def submit_shipped_jobs(
+    ctx: plan.RunContext, task_data: TaskData, train_eval: dict[str, Any]
+) -> dict[str, Any]:
+    """:func:`submit_jobs` for a run folder the nodes do not share: the tasks get the jobs'
+    files from the driver and their upstream jobs' shipments, and return their own."""
+    import ray
+
+    from gradience.experiment import shipping
+
+    probe_task = ray.remote(max_calls=1, **train_eval)(shipping.shipped_probe)
+    audit_task = ray.remote(num_cpus=1)(shipping.shipped_audit)
+    variant_task = ray.remote(max_calls=1, **train_eval)(shipping.shipped_variant)
+    data_ref = ray.put(task_data)
+    refs: dict[str, Any] = {}
+    for seed in ctx.cfg.train.seeds:
+        probe_files = shipping.pack(ctx.run_dir, shipping.train_eval_owned(seed, plan.PROBE))
+        probe_ref = probe_task.remote(ctx, seed, data_ref, probe_files)
+        audit_files = shipping.pack(ctx.run_dir, shipping.audit_owned(seed))
+        audit_ref = audit_task.remote(ctx, seed, probe_ref, audit_files)
+        refs[plan.job_id(seed, plan.PROBE)] = probe_ref
+        refs[plan.job_id(seed, plan.AUDIT)] = audit_ref
+        for variant in plan.trained_variants(ctx.cfg)[1:]:
+            files = shipping.pack(ctx.run_dir, shipping.train_eval_owned(seed, variant))
+            probe = probe_ref if variant in plan.TRUNCATED else None
+            refs[plan.job_id(seed, variant)] = variant_task.remote(
+                ctx, seed, variant, audit_ref, data_ref, files, probe
+            )
+    return refs
+
+
+def wait_for_jobs(
+    refs: dict[str, Any], watcher: RecordWatcher, run_dir: Path | None = None
+) -> dict[str, JobOutcome]:
+    """Collect outcomes as tasks finish; report running jobs' progress from their records.
+
+    A task that returns a shipment (no shared run folder) has its files written into
+    ``run_dir`` here, by the driver.
+    """
     import ray
 
     job_of = {ref: job for job, ref in refs.items()}
@@ -214,21 +269,29 @@ def wait_for_jobs(refs: dict[str, Any], watcher: RecordWatcher) -> dict[str, Job
         ready, pending = ray.wait(pending, num_returns=len(pending), timeout=RAY_POLL_S)
         for ref in ready:
             job = job_of[ref]
-            outcomes[job] = task_outcome(job, ref)
+            outcomes[job] = task_outcome(job, ref, run_dir)
             watcher.finished(outcomes[job])
         watcher.poll(job for job in refs if job not in outcomes)
     return {job: outcomes[job] for job in refs}
 
 
-def task_outcome(job: str, ref: Any) -> JobOutcome:
+def task_outcome(job: str, ref: Any, run_dir: Path | None = None) -> JobOutcome:
     """The task's outcome; a task that died (worker crash, lost node) counts as failed."""
     import ray
 
+    from gradience.experiment.shipping import Shipment, deliver
+
     try:
-        return ray.get(ref)
+        result = ray.get(ref)
     except ray.exceptions.RayError as error:
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
         return JobOutcome(job, "failed", f"{type(error).__name__}: {message}")
+    if not isinstance(result, Shipment) or run_dir is None:
+        return result
+    try:
+        return deliver(run_dir, result)
+    except (OSError, GradienceError) as error:  # the job ran; its files could not be written
+        return JobOutcome(job, "failed", f"writing its files into {run_dir}: {error}")
 
 
 class RecordWatcher:

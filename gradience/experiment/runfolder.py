@@ -44,6 +44,8 @@ FREE_FIELDS = (
     "env.executor",
     "env.ray_address",
     "env.ray_dashboard",
+    "env.ray_run_dir",
+    "env.ray_scratch_dir",
     "env.resume_from_checkpoint",
     "env.num_threads",
     "env.deterministic",
