@@ -134,6 +134,14 @@ class TaskConfig(_Section):
         "by the probe's job so every variant evaluates in the same batches; 16 on CPU and MPS. "
         "A number pins it.",
     )
+    eval_backend: Literal["hf", "vllm"] = Field(
+        "hf",
+        description="Generation engine for evaluation: 'hf' (transformers, the trained PeftModel "
+        "unmerged) or 'vllm' (CUDA; needs the [vllm] extra): the adapter is merged into a "
+        "float32 copy of the base weights, saved, and served by vLLM with the same prompts, "
+        "greedy decoding, max_new_tokens and stop rule. vLLM never gets the adapter unmerged "
+        "(it ignores per-module ranks and alphas).",
+    )
     stop_strings: list[str] = Field(
         default_factory=lambda: ["\nQuestion:"],
         description="Generation stops at EOS or at any of these strings (cut from the completion).",

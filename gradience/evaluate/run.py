@@ -151,16 +151,20 @@ def evaluate_model(
         fault_point("eval_batch")
 
     generation_started = time.perf_counter()
-    generations = generate_completions(
-        model,
-        tokenizer,
-        prompts,
-        batch_size=batch_size.size,
-        max_new_tokens=cfg.task.max_new_tokens,
-        stop_strings=cfg.task.stop_strings,
-        stop_at_answer=True,
-        progress=batch_finished,
-    )
+    if cfg.task.eval_backend == "vllm":
+        generations = generate_with_vllm(cfg, model, tokenizer, prompts, Path(output_dir))
+        batch_finished(len(prompts))
+    else:
+        generations = generate_completions(
+            model,
+            tokenizer,
+            prompts,
+            batch_size=batch_size.size,
+            max_new_tokens=cfg.task.max_new_tokens,
+            stop_strings=cfg.task.stop_strings,
+            stop_at_answer=True,
+            progress=batch_finished,
+        )
     generation_time = time.perf_counter() - generation_started
     predictions = [
         score(example, prompt, gen)
@@ -188,10 +192,49 @@ def evaluate_model(
         eval_batch_size=batch_size.size,
         eval_batch_size_source=batch_size.source,
         config_hash=cfg.config_hash(),
-        adapter_applied="unmerged" if adapter_label is not None else None,
+        adapter_applied=adapter_applied(cfg, adapter_label),
     )
     write_model(output_dir / "eval.json", result)
     return result
+
+
+def adapter_applied(cfg: ExperimentConfig, adapter_label: str | None) -> str | None:
+    if adapter_label is None:
+        return None
+    return "merged into float32 weights (vllm)" if cfg.task.eval_backend == "vllm" else "unmerged"
+
+
+def generate_with_vllm(
+    cfg: ExperimentConfig,
+    model: PreTrainedModel,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: list[str],
+    output_dir: Path,
+) -> list[Generation]:
+    """The merged model saved under ``output_dir`` (removed afterwards), generated with vLLM."""
+    import shutil
+
+    from gradience.evaluate.generate import prompt_token_ids
+    from gradience.evaluate.vllm_backend import (
+        MERGED_DIR,
+        require_vllm,
+        save_merged_model,
+        vllm_generate,
+    )
+
+    require_vllm()  # before writing gigabytes of merged weights
+    folder = save_merged_model(model, tokenizer, output_dir / MERGED_DIR)
+    try:
+        return vllm_generate(
+            folder,
+            [prompt_token_ids(tokenizer, p) for p in prompts],
+            max_new_tokens=cfg.task.max_new_tokens,
+            stop_strings=cfg.task.stop_strings,
+            stop_at_answer=True,
+            tokenizer=tokenizer,
+        )
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def eval_batch_size(
