@@ -142,6 +142,11 @@ class TaskConfig(_Section):
         "greedy decoding, max_new_tokens and stop rule. vLLM never gets the adapter unmerged "
         "(it ignores per-module ranks and alphas).",
     )
+    eval_base_model: bool = Field(
+        True,
+        description="Also score the base model without LoRA, once per run (in the first seed's "
+        "probe job, on the same eval items): what fine-tuning added is reported beside it.",
+    )
     stop_strings: list[str] = Field(
         default_factory=lambda: ["\nQuestion:"],
         description="Generation stops at EOS or at any of these strings (cut from the completion).",
@@ -300,7 +305,19 @@ class EnvConfig(_Section):
     resume_from_checkpoint: bool = Field(
         True, description="An unfinished training job restarts from its last Trainer checkpoint."
     )
-    num_threads: int | None = Field(None, gt=0, description="torch CPU threads (null: torch's default).")
+    num_threads: int | None = Field(
+        None,
+        gt=0,
+        description="torch CPU threads per process (null: torch's default, or the cores "
+        "shared out among env.workers).",
+    )
+    workers: int = Field(
+        1,
+        gt=0,
+        description="Local executor: run this many seeds at once, each in its own worker "
+        "process (a seed's jobs stay in order: probe, audit, variants). On a CPU, small "
+        "models train faster as two one-thread processes than as one two-thread process.",
+    )
     deterministic: bool = Field(
         False,
         description="Deterministic kernels: torch.use_deterministic_algorithms(True), cuDNN "

@@ -207,6 +207,15 @@ class Failure(_Result):
     error: str
 
 
+class BaseModelEval(_Result):
+    """The base model without LoRA on the run's eval items (what fine-tuning starts from)."""
+
+    exact_match: float
+    strict_match: float
+    n_items: int
+    seed: int = Field(description="The seed whose probe job measured it (greedy decoding: any seed gives the same).")
+
+
 class AggregatedResults(_Versioned):
     primary_metric: str
     seeds: list[int]
@@ -219,6 +228,11 @@ class AggregatedResults(_Versioned):
         default_factory=list, description="Seeds stopped by the probe gate (judged on training items)."
     )
     paired_init: bool | None = Field(None, description="lora.paired_init of the run (null: unknown).")
+    base_model: BaseModelEval | None = Field(
+        None,
+        description="The base model without LoRA on the same eval items (task.eval_base_model); "
+        "null: not measured.",
+    )
 
 
 # ---------------------------------------------------------------- analysis

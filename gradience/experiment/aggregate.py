@@ -15,13 +15,14 @@ from pathlib import Path
 
 from gradience.errors import GradienceError
 from gradience.experiment import plan
-from gradience.experiment.jobs import gate_message, gate_score, variant_inputs_hash
+from gradience.experiment.jobs import BASE_DIR, gate_message, gate_score, variant_inputs_hash
 from gradience.experiment.records import JobRecord, read_record
 from gradience.faults import fault_point
 from gradience.io import read_model, write_model
 from gradience.ranks.controls import rank_histogram
 from gradience.results import (
     AggregatedResults,
+    BaseModelEval,
     EvalResult,
     Failure,
     JobStatus,
@@ -227,7 +228,25 @@ def aggregate(ctx: plan.RunContext) -> AggregatedResults:
         failures=failures,
         gated_seeds=gated_seeds,
         paired_init=ctx.cfg.lora.paired_init,
+        base_model=base_model_eval(ctx, item_ids or []),
     )
+
+
+def base_model_eval(ctx: plan.RunContext, item_ids: list[str]) -> BaseModelEval | None:
+    """The base model's score from the first seed whose probe job measured it on these items."""
+    for seed in ctx.cfg.train.seeds:
+        path = plan.job_dir(ctx.run_dir, seed, plan.PROBE) / BASE_DIR / "eval.json"
+        if not path.is_file():
+            continue
+        result = read_model(path, EvalResult)
+        if list(result.item_ids) == item_ids:
+            return BaseModelEval(
+                exact_match=result.exact_match,
+                strict_match=result.strict_match,
+                n_items=result.n_items,
+                seed=seed,
+            )
+    return None
 
 
 def variant_run(state: VariantState, folder: Path, item_ids: list[str]) -> VariantRun:

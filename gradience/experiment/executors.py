@@ -42,24 +42,40 @@ LOCAL_RAY_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
 def run_locally(
     ctx: plan.RunContext, task_data: TaskData, sink: EventSink | None = None
 ) -> dict[str, JobOutcome]:
-    """Every seed in order: probe, gate + audit, each variant. Writes a seed's bench when done.
+    """Every seed: probe, gate + audit, each variant; writes a seed's bench when done.
 
-    With ``env.reuse_base_model`` (default: on where safe) the base model is loaded once and
-    lent to each job in turn (:mod:`gradience.models.reuse`).
+    Seeds run one after another in this process, or ``env.workers`` at a time in worker
+    processes (:mod:`gradience.experiment.parallel`). With ``env.reuse_base_model`` (default:
+    on where safe) each process loads the base model once and lends it to each of its jobs
+    (:mod:`gradience.models.reuse`).
     """
-    from gradience.experiment.aggregate import write_seed_bench
     from gradience.models.reuse import reuse_base_model, reusing_base_model
 
+    seeds = list(ctx.cfg.train.seeds)
+    if ctx.cfg.env.workers > 1 and len(seeds) > 1:
+        from gradience.experiment.parallel import run_seeds_in_workers
+
+        return run_seeds_in_workers(ctx, task_data, sink)
     outcomes: dict[str, JobOutcome] = {}
     with reusing_base_model(reuse_base_model(ctx.cfg, "local")):
-        for seed in ctx.cfg.train.seeds:
-            probe = probe_job(ctx, seed, task_data, sink)
-            audit = audit_job(ctx, seed, probe, sink)
-            outcomes[probe.job], outcomes[audit.job] = probe, audit
-            for variant in plan.trained_variants(ctx.cfg)[1:]:
-                outcome = variant_job(ctx, seed, variant, audit, task_data, sink)
-                outcomes[outcome.job] = outcome
-            write_seed_bench(ctx, seed)
+        for seed in seeds:
+            outcomes.update(run_seed(ctx, seed, task_data, sink))
+    return outcomes
+
+
+def run_seed(
+    ctx: plan.RunContext, seed: int, task_data: TaskData, sink: EventSink | None = None
+) -> dict[str, JobOutcome]:
+    """One seed's jobs in order (probe, gate + audit, each variant), then its bench."""
+    from gradience.experiment.aggregate import write_seed_bench
+
+    probe = probe_job(ctx, seed, task_data, sink)
+    audit = audit_job(ctx, seed, probe, sink)
+    outcomes = {probe.job: probe, audit.job: audit}
+    for variant in plan.trained_variants(ctx.cfg)[1:]:
+        outcome = variant_job(ctx, seed, variant, audit, task_data, sink)
+        outcomes[outcome.job] = outcome
+    write_seed_bench(ctx, seed)
     return outcomes
 
 

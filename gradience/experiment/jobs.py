@@ -49,6 +49,8 @@ ADAPTER_WEIGHTS = Path("adapter") / "adapter_model.safetensors"
 #: on their test-set score would select them on the outcome).
 GATE_DIR = "gate"
 GATE_ITEMS = 64
+#: The base model's own evaluation (no LoRA), written by the first seed's probe job.
+BASE_DIR = "base"
 
 
 @dataclass(frozen=True)
@@ -169,6 +171,10 @@ def train_eval_job(
             clock.phase_done("gate")
         result = model.evaluate(ctx, folder, task_data, reporter(clock, sink, "eval"), batch)
         clock.phase_done("eval")
+        if evaluates_base_model(ctx, seed, variant):
+            base_progress = reporter(clock, sink, "base")
+            model.evaluate_base(ctx, folder / BASE_DIR, task_data, base_progress, batch)
+            clock.phase_done("base")
         record = clock.finish(output_digest=file_digest(folder / ADAPTER_WEIGHTS))
     except Exception as error:  # noqa: BLE001 - recorded, shown, and the run goes on
         record = clock.fail(error)
@@ -198,6 +204,15 @@ def variant_inputs_hash(
         probe = read_record(plan.job_dir(ctx.run_dir, seed, plan.PROBE))
         upstream = probe.output_digest if probe is not None else None
     return plan.train_inputs_hash(ctx.cfg, seed, variant, ranks, ctx.identity, upstream)
+
+
+def evaluates_base_model(ctx: plan.RunContext, seed: int, variant: str) -> bool:
+    """The first seed's probe job also scores the base model (greedy: the same for any seed)."""
+    return (
+        variant == plan.PROBE
+        and ctx.cfg.task.eval_base_model
+        and seed == ctx.cfg.train.seeds[0]
+    )
 
 
 def gated_probe(ctx: plan.RunContext, variant: str) -> bool:

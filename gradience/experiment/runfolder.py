@@ -48,6 +48,7 @@ FREE_FIELDS = (
     "env.ray_scratch_dir",
     "env.resume_from_checkpoint",
     "env.num_threads",
+    "env.workers",
     "env.deterministic",
     "env.reuse_base_model",
     "hypothesis",

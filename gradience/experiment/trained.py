@@ -65,6 +65,31 @@ class TrainedModel:
         prompts = [build_prompt(ctx.cfg.task, example) for example in task_data.eval]
         return eval_batch_size(ctx.cfg, self.model, self.tokenizer, prompts)
 
+    def evaluate_base(
+        self,
+        ctx: plan.RunContext,
+        output_dir: Path,
+        task_data: TaskData,
+        progress: Callable[[dict], None],
+        batch_size: BatchSize | None = None,
+    ) -> EvalResult:
+        """The same evaluation with the LoRA layers switched off: the base model as loaded.
+
+        Always on the transformers backend (vLLM would be handed the merged adapter)."""
+        from gradience.evaluate import evaluate_model
+
+        task = ctx.cfg.task.model_copy(update={"eval_backend": "hf"})
+        with self.model.disable_adapter():
+            return evaluate_model(
+                ctx.cfg.model_copy(update={"task": task}),
+                self.model,
+                self.tokenizer,
+                output_dir,
+                task_data=task_data,
+                progress=progress,
+                batch_size=batch_size,
+            )
+
     def release(self) -> None:
         from gradience.models import release_memory
 
