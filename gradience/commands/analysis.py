@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import json
+from pathlib import Path
 
 from gradience.errors import GradienceError
 
@@ -69,7 +70,7 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 def _analyze(args: argparse.Namespace) -> int:
     from gradience.report.files import analyze_results
-    from gradience.report.summary import format_summary
+    from gradience.report.summary import format_closing, format_summary
 
     output = analyze_results(
         args.results,
@@ -83,6 +84,10 @@ def _analyze(args: argparse.Namespace) -> int:
     else:
         print(format_summary(output.analysis, output.results))
         print("\nwritten:\n" + "\n".join(f"  {path}" for path in output.written))
+        print("\n" + format_closing(output.analysis, output.results))
+        report = next((path for path in output.written if Path(path).name == "report.md"), None)
+        if report is not None:
+            print(f"\nreport: {report}")
     return 0
 
 

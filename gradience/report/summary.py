@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from gradience.report.headline import headline, variant_mean, variant_table
 from gradience.results import AggregatedResults, MechanismAnalysis
 
 
@@ -10,24 +11,8 @@ def _f(x: float | None, fmt: str) -> str:
 
 
 def format_summary(analysis: MechanismAnalysis, results: AggregatedResults) -> str:
-    """Verdict, per-variant means, per-contrast statistics and the reasons, for a terminal."""
-    metric = str(analysis.inputs.get("primary_metric", results.primary_metric))
-    name_width = max((len(name) for name in results.variants), default=0)
-    lines = [
-        f"verdict: {analysis.verdict.label}",
-        "",
-        f"variants ({metric}, mean ± sd over seeds):",
-    ]
-    for name, aggregate in results.variants.items():
-        values = [getattr(r, metric) for r in aggregate.runs.values()]
-        mean = sum(values) / len(values) if values else None
-        sd = None
-        if len(values) > 1:
-            sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-        lines.append(
-            f"  {name:<{name_width}}  {_f(mean, '.4f')} ± {_f(sd, '.4f')}  (n={len(values)})"
-        )
-    lines += ["", "contrasts (one-sided, H1: A > B):"]
+    """Per-contrast statistics, placement and the verdict's reasons, for a terminal."""
+    lines = ["contrasts (one-sided, H1: A > B):"]
     width = max((len(name) for name in analysis.contrasts), default=0)
     for name, c in analysis.contrasts.items():
         ci = "n/a" if c.ci95 is None else f"[{c.ci95[0]:+.4f}, {c.ci95[1]:+.4f}]"
@@ -51,3 +36,24 @@ def format_summary(analysis: MechanismAnalysis, results: AggregatedResults) -> s
     if results.failures:
         lines += ["", f"failures recorded: {len(results.failures)} (see report.md)"]
     return "\n".join(lines)
+
+
+def format_closing(analysis: MechanismAnalysis, results: AggregatedResults) -> str:
+    """What a terminal shows last: the verdict, its sentence, the variants and the base model."""
+    metric = str(analysis.inputs.get("primary_metric", results.primary_metric))
+    policy = analysis.verdict.alpha_policy
+    label = analysis.verdict.label + (f" (alpha policy {policy})" if policy else "")
+    lines = [f"verdict: {label}", headline(analysis, results), ""]
+    lines += [f"variants ({metric}, mean ± sd over seeds):", *variant_table(results, metric)]
+    gain = fine_tuning_gain(results, metric)
+    if gain is not None:
+        lines.append(f"  the probe scores {gain:+.3f} above the base model without LoRA")
+    return "\n".join(lines)
+
+
+def fine_tuning_gain(results: AggregatedResults, metric: str) -> float | None:
+    """The probe's mean minus the base model's score (None when either is missing)."""
+    probe = variant_mean(results, "probe", metric)
+    if probe is None or results.base_model is None:
+        return None
+    return probe - getattr(results.base_model, metric, results.base_model.exact_match)
