@@ -33,6 +33,7 @@ case $status in
   *) die "a check above failed; fix it and rerun (finished jobs of an earlier run are kept)" 3 ;;
 esac
 
+checks_s=$SECONDS
 say "running the experiment into $RUN_DIR"
 set +e
 "$PYTHON" -m gradience mechanism run --config "$CONFIG"
@@ -42,10 +43,10 @@ set -e
 if [[ $run_status -ne 0 ]]; then
   say "some jobs failed or a seed was gated (see above); analysing what finished"
 fi
+say "time so far: checks ${checks_s} s, experiment $((SECONDS - checks_s)) s (where it went: $PYTHON benchmarks/demo_time.py $RUN_DIR)"
+say "status of every job: $PYTHON -m gradience mechanism status $RUN_DIR"
 
 say "analysing $RUN_DIR/aggregated_results.json"
+# Ends with the verdict in one sentence, the table of variants and the report's path.
 "$PYTHON" experiments/analyze_mechanism_test.py "$RUN_DIR/aggregated_results.json"
-
-say "report: $RUN_DIR/report.md"
-say "status of every job: $PYTHON -m gradience mechanism status $RUN_DIR"
 exit "$run_status"

@@ -202,5 +202,7 @@ def test_embedded_model_logits_agree_between_exports_and_with_the_original(tmp_p
     full = {m.name: m.r for m in het.modules}
     truncate_adapter(path, full, tmp_path / "het_full")
     truncate_adapter(path, full, tmp_path / "uni_full", uniform=True)
-    torch.testing.assert_close(logits(tmp_path / "het_full"), original)
-    torch.testing.assert_close(logits(tmp_path / "uni_full"), original)
+    # Full rank rebuilds B·A through an SVD in float32: equal up to rounding (logits ~10,
+    # so 1e-4 is ~1e-5 relative), and four orders below the truncation's 1e-2 above.
+    torch.testing.assert_close(logits(tmp_path / "het_full"), original, rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(logits(tmp_path / "uni_full"), original, rtol=1e-4, atol=1e-4)

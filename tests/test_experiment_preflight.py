@@ -103,7 +103,13 @@ def test_run_script_runs_checks_experiment_and_analysis(tmp_path: Path) -> None:
         timeout=300,
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert f"report: {tmp_path / 'run'}/report.md" in result.stdout
+    # The console ends with the verdict's sentence, the table of variants and the report.
+    lines = result.stdout.strip().splitlines()
+    assert lines[-1] == f"report: {tmp_path / 'run'}/report.md"
+    verdict = next(i for i, line in enumerate(lines) if line.startswith("verdict: "))
+    assert "per_layer scored" in lines[verdict + 1]
+    assert any(line.strip().startswith("per_layer_shuffled ") for line in lines[verdict:])
+    assert "base model (no LoRA)" in "\n".join(lines[verdict:])
     assert (tmp_path / "run" / "report.md").is_file()
     results = read_model(tmp_path / "run" / "aggregated_results.json", AggregatedResults)
     assert list(results.variants) == ["probe", "per_layer", "per_layer_shuffled"]

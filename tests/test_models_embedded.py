@@ -68,7 +68,7 @@ def test_random_model_is_a_small_seeded_mistral(random_model_and_tokenizer) -> N
     # Grouped-query attention like Mistral-7B: k/v project to half the width of q.
     attention = model.model.layers[0].self_attn
     assert attention.k_proj.out_features * 2 == attention.q_proj.out_features == 128
-    assert 0.8e6 < sum(p.numel() for p in model.parameters()) < 1.3e6
+    assert 0.5e6 < sum(p.numel() for p in model.parameters()) < 0.8e6  # ~0.6 M (MLP 256)
     assert tokenizer.pad_token_id is not None and tokenizer.pad_token_id != tokenizer.eos_token_id
     again, _ = load_model_and_tokenizer(_cfg())
     for (name, p), (_, q) in zip(

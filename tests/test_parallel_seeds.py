@@ -108,3 +108,15 @@ def test_the_base_model_is_scored_once_and_matches_a_fresh_evaluation(runs, tmp_
         one.run_dir / f"seed_{SEEDS[0]}" / "probe" / BASE_DIR / "predictions.jsonl"
     ).read_text()
     assert recorded == (tmp_path / "predictions.jsonl").read_text()
+
+
+def test_workers_refuse_a_cuda_config():
+    from gradience.errors import GradienceError
+    from gradience.experiment.parallel import check_cpu_only
+
+    cfg = reduced_config(workers=2)
+    check_cpu_only(cfg)  # the CPU config is fine
+    cfg.env.device = "cuda"
+    with pytest.raises(GradienceError) as error:
+        check_cpu_only(cfg)
+    assert error.value.field == "env.workers"

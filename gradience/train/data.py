@@ -14,6 +14,7 @@ predicted across a boundary); only the padding (about a third of the tokens on G
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -39,10 +40,47 @@ class EncodedExamples:
     dropped_ids: list[str] = field(default_factory=list)
 
 
+#: Encoded example sets of this process, newest last: every job of a run encodes the same
+#: training items with the same tokenizer (a worker runs many jobs). Keyed by content.
+_ENCODED: dict[str, EncodedExamples] = {}
+_ENCODED_KEEP = 4
+
+
 def encode_examples(
     tokenizer: PreTrainedTokenizerBase, task: TaskConfig, examples: Sequence[Example]
 ) -> EncodedExamples:
-    """Prompt + completion + EOS per example; over-long ones are dropped (never cut) and counted."""
+    """Prompt + completion + EOS per example; over-long ones are dropped (never cut) and counted.
+
+    Remembered per process by content (the tokenizer's vocabulary and class, the task
+    settings, every example's id, question and answer), and returned as a fresh copy, so a
+    caller may change what it gets."""
+    key = _encoding_key(tokenizer, task, examples)
+    if key not in _ENCODED:
+        _ENCODED[key] = _encode(tokenizer, task, examples)
+        while len(_ENCODED) > _ENCODED_KEEP:
+            del _ENCODED[next(iter(_ENCODED))]
+    cached = _ENCODED[key]
+    return EncodedExamples(
+        features=[{k: list(v) for k, v in feature.items()} for feature in cached.features],
+        ids=list(cached.ids),
+        dropped_ids=list(cached.dropped_ids),
+    )
+
+
+def _encoding_key(tokenizer: Any, task: TaskConfig, examples: Sequence[Example]) -> str:
+    digest = hashlib.sha256()
+    vocabulary = sorted(tokenizer.get_vocab().items())
+    for part in (type(tokenizer).__name__, repr(vocabulary), repr(tokenizer.eos_token_id)):
+        digest.update(part.encode("utf-8"))
+    digest.update(task.model_dump_json().encode("utf-8"))
+    for example in examples:
+        digest.update(f"\0{example.id}\0{example.question}\0{example.answer}".encode())
+    return digest.hexdigest()
+
+
+def _encode(
+    tokenizer: PreTrainedTokenizerBase, task: TaskConfig, examples: Sequence[Example]
+) -> EncodedExamples:
     from gradience.tasks import build_completion, build_prompt, encode_example
 
     encoded = EncodedExamples(features=[], ids=[])

@@ -1,0 +1,135 @@
+#!/usr/bin/env python
+"""Learning curves of a mechanism-test config: every variant's accuracy against training steps.
+
+    python experiments/learning_curve.py experiments/configs/cpu_demo.yaml --steps 150,200,250,300
+
+For each step count the config is run as it is, with train.max_steps set to it and the
+warm-up kept at the same fraction of the run (each point is a complete run with its own
+schedule, not a checkpoint of a longer one), into OUTPUT/steps_<n>/ (rerunning resumes).
+Writes OUTPUT/learning_curve.json, learning_curve.md (the table: mean ± sd over seeds per
+variant and step count) and learning_curve.png, and prints the table. A config's setting is
+on its plateau for a variant when the next step count changes that variant's mean by less
+than --flat (default 0.01); the table's last column says so for each step count.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+from gradience.config import load_config
+from gradience.experiment.pipeline import run_mechanism_test
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("config", help="experiment YAML")
+    parser.add_argument(
+        "--steps", required=True, help="comma-separated step counts, e.g. 150,200,250"
+    )
+    parser.add_argument("--seeds", help="comma-separated seeds (default: the config's)")
+    parser.add_argument(
+        "--output", default="experiments/learning_curve", help="folder for the runs and files"
+    )
+    parser.add_argument("--flat", type=float, default=0.01, help="plateau tolerance (accuracy)")
+    return parser.parse_args(argv)
+
+
+def run_point(cfg, steps: int, output: Path):
+    point = cfg.model_copy(deep=True)
+    fraction = cfg.train.warmup_steps / cfg.train.max_steps if cfg.train.max_steps else 0.0
+    point.train.max_steps = steps
+    point.train.warmup_steps = round(fraction * steps)
+    return run_mechanism_test(point, output / f"steps_{steps}").results
+
+
+def curve_table(curve: dict[int, dict[str, list[float]]], flat: float) -> list[str]:
+    steps = sorted(curve)
+    variants = list(dict.fromkeys(v for point in curve.values() for v in point))
+    lines = [
+        "| steps | "
+        + " | ".join(f"`{v}`" for v in variants)
+        + f" | on plateau (next point moves every mean < {flat:g}) |"
+    ]
+    lines.append("|" + "---|" * (len(variants) + 2))
+    for i, n in enumerate(steps):
+        cells = []
+        for v in variants:
+            values = curve[n].get(v, [])
+            sd = statistics.stdev(values) if len(values) > 1 else float("nan")
+            cells.append(f"{statistics.mean(values):.3f} ± {sd:.3f}" if values else "—")
+        plateau = "—"
+        if i + 1 < len(steps):
+            moves = {
+                v: abs(statistics.mean(curve[steps[i + 1]][v]) - statistics.mean(curve[n][v]))
+                for v in variants
+                if curve[n].get(v) and curve[steps[i + 1]].get(v)
+            }
+            worst = max(moves, key=moves.get)
+            plateau = (
+                "yes" if moves[worst] < flat else "no"
+            ) + f" (largest move {moves[worst]:.3f}, `{worst}`)"
+        lines.append(f"| {n} | " + " | ".join(cells) + f" | {plateau} |")
+    return lines
+
+
+def plot(curve: dict[int, dict[str, list[float]]], metric: str, chosen: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = sorted(curve)
+    variants = list(dict.fromkeys(v for point in curve.values() for v in point))
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    for v in variants:
+        xs = [n for n in steps if curve[n].get(v)]
+        means = [statistics.mean(curve[n][v]) for n in xs]
+        sds = [statistics.stdev(curve[n][v]) if len(curve[n][v]) > 1 else 0.0 for n in xs]
+        ax.errorbar(xs, means, yerr=sds, marker="o", capsize=3, label=v)
+    ax.axvline(chosen, color="grey", linestyle="--", linewidth=1, label=f"config: {chosen} steps")
+    ax.set_xlabel("training steps (each point a full run with its own schedule)")
+    ax.set_ylabel(f"{metric} (mean ± sd over seeds)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main(argv: list[str]) -> int:
+    args = parse_args(argv)
+    cfg = load_config(args.config)
+    if args.seeds:
+        cfg.train.seeds = [int(s) for s in args.seeds.split(",")]
+    output = Path(args.output)
+    output.mkdir(parents=True, exist_ok=True)
+    metric = cfg.hypothesis.primary_metric
+    curve: dict[int, dict[str, list[float]]] = {}
+    for steps in sorted({int(s) for s in args.steps.split(",")}):
+        print(f"learning curve: {steps} steps", file=sys.stderr)
+        results = run_point(cfg, steps, output)
+        curve[steps] = {
+            name: [getattr(run, metric) for run in aggregate.runs.values()]
+            for name, aggregate in results.variants.items()
+        }
+    (output / "learning_curve.json").write_text(
+        json.dumps(
+            {"config": args.config, "metric": metric, "seeds": cfg.train.seeds, "curve": curve},
+            indent=2,
+        )
+        + "\n"
+    )
+    table = curve_table(curve, args.flat)
+    (output / "learning_curve.md").write_text("\n".join(table) + "\n")
+    plot(curve, metric, cfg.train.max_steps, output / "learning_curve.png")
+    print("\n".join(table))
+    print(f"written: {output}/learning_curve.json, learning_curve.md, learning_curve.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
