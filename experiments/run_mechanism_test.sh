@@ -36,7 +36,8 @@ esac
 checks_s=$SECONDS
 say "running the experiment into $RUN_DIR"
 set +e
-"$PYTHON" -m gradience mechanism run --config "$CONFIG"
+# --no-estimate: the checks above have just printed the memory and disk estimate
+"$PYTHON" -m gradience mechanism run --config "$CONFIG" --no-estimate
 run_status=$?
 set -e
 [[ -f "$RUN_DIR/aggregated_results.json" ]] || die "no results written (exit code $run_status)" "$run_status"

@@ -33,6 +33,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         help="ray.init(address=ADDR), e.g. 'auto' (default: env.ray_address)",
     )
     run.add_argument(
+        "--no-estimate",
+        action="store_true",
+        help="skip the memory and disk estimate (and its stop) before training: for callers "
+        "that have just made it, as experiments/run_mechanism_test.sh does in its checks",
+    )
+    run.add_argument(
         "--fresh",
         action="store_true",
         help="start afresh when DIR holds an earlier run: move it aside to DIR.replaced-<time> "
@@ -88,7 +94,8 @@ def run_command(args: argparse.Namespace) -> int:
     cfg = configured(args)
     # before any training: the estimated memory and disk (stdout: stderr keeps errors to one
     # line), and a stop when they do not fit
-    resource_report(cfg, cfg.env.output_base_dir, config_path=args.config, emit=print)
+    if not args.no_estimate:
+        resource_report(cfg, cfg.env.output_base_dir, config_path=args.config, emit=print)
     with second_interrupt_exits():
         try:
             with progress_view(job_ids(cfg)) as view:

@@ -23,6 +23,8 @@ RESULTS_FILE = "aggregated_results.json"
 ANALYSIS_FILE = "mechanism_analysis.json"
 REPORT_FILE = "report.md"
 CONFIG_FILE = "config.yaml"
+#: Rows of the rank heatmap figure (one per seed); a taller figure says nothing more.
+HEATMAP_SEEDS = 3
 HEATMAP_VARIANTS = ("per_layer", "per_layer_shuffled_within_type", "per_layer_shuffled")
 
 
@@ -178,8 +180,19 @@ def write_report(
     patterns = _rank_patterns(results, run_dir, notes)
     if patterns:
         shown = [v for v in HEATMAP_VARIANTS if any(v in p for p in patterns.values())]
-        written.append(plot_rank_heatmaps(patterns, shown, out / "rank_heatmaps.png"))
-        figures[f"ranks per layer × module type: {', '.join(shown)}"] = "rank_heatmaps.png"
+        seeds = list(patterns)[:HEATMAP_SEEDS]
+        if len(patterns) > HEATMAP_SEEDS:
+            notes.append(
+                f"rank heatmaps show the first {HEATMAP_SEEDS} of {len(patterns)} seeds; every "
+                "seed's rank patterns are in seed_<s>/ranks/"
+            )
+        heatmap = plot_rank_heatmaps(
+            {s: patterns[s] for s in seeds}, shown, out / "rank_heatmaps.png"
+        )
+        written.append(heatmap)
+        figures[
+            f"ranks per layer × module type: {', '.join(shown)} (seeds {', '.join(map(str, seeds))})"
+        ] = "rank_heatmaps.png"
     audit_seed, audit = _probe_audit(results, run_dir, notes)
     if audit is not None:
         written.append(
