@@ -40,6 +40,9 @@ def experiment_config(args: argparse.Namespace):
                 "warmup_steps": 0,
                 "logging_steps": 10,
                 "save_steps": None,
+                # the same padding collator as the plain loop (as the docstring promises):
+                # what flattening saves is mfu.py's measurement, not overhead
+                "padding_free": False,
             },
             "lora": {"probe_r": args.rank, "lora_alpha": 2 * args.rank},
             "compression": {"allowed_ranks": [args.rank]},
