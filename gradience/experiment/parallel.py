@@ -40,7 +40,6 @@ if TYPE_CHECKING:
 
 #: How long the parent waits for an event before looking at the seeds again (seconds).
 POLL_S = 0.2
-_EVENTS: Any = None  # the worker's end of the event queue (set by _start_worker)
 
 
 def worker_threads(num_threads: int | None, workers: int, cores: int | None = None) -> int:
@@ -175,22 +174,20 @@ def _start_worker(events: Any, threads: int, ctx: plan.RunContext, task_data: Ta
     from gradience.models.reuse import reuse_base_model, reusing_base_model
     from gradience.train import run as _training  # noqa: F401 - import the stack once, up front
 
-    global _EVENTS
-    _EVENTS = events
     torch.set_num_threads(threads)
     # The parent decides what Ctrl-C does (it terminates the pool); a worker that also got
     # the terminal's SIGINT would only print a traceback first.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     stack = contextlib.ExitStack()  # lives as long as the worker: one base model per worker
     stack.enter_context(reusing_base_model(reuse_base_model(ctx.cfg, "local")))
-    _WORKER.update(ctx=ctx, task_data=task_data, stack=stack)
+    _WORKER.update(events=events, ctx=ctx, task_data=task_data, stack=stack)
     # Closed while the worker exits normally (not left to interpreter teardown).
     multiprocessing.util.Finalize(None, stack.close, exitpriority=10)
     gc.freeze()  # the imported libraries are never garbage: keep full collections cheap
 
 
 def _send(event: JobEvent) -> None:
-    _EVENTS.put(event)
+    _WORKER["events"].put(event)
 
 
 def _run_job(kind: str, seed: int, variant: str | None, upstream: JobOutcome | None) -> JobOutcome:

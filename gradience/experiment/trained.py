@@ -44,18 +44,7 @@ class TrainedModel:
         progress: Callable[[dict], None],
         batch_size: BatchSize | None = None,
     ) -> EvalResult:
-        from gradience.evaluate import evaluate_model
-
-        return evaluate_model(
-            ctx.cfg,
-            self.model,
-            self.tokenizer,
-            output_dir,
-            task_data=task_data,
-            progress=progress,
-            adapter_label=self.adapter,
-            batch_size=batch_size,
-        )
+        return self._evaluate(ctx.cfg, output_dir, task_data, progress, batch_size, self.adapter)
 
     def batch_size(self, ctx: plan.RunContext, task_data: TaskData) -> BatchSize:
         """The generation batch size for this model on the task's eval items."""
@@ -76,19 +65,32 @@ class TrainedModel:
         """The same evaluation with the LoRA layers switched off: the base model as loaded.
 
         Always on the transformers backend (vLLM would be handed the merged adapter)."""
+        task = ctx.cfg.task.model_copy(update={"eval_backend": "hf"})
+        cfg = ctx.cfg.model_copy(update={"task": task})
+        with self.model.disable_adapter():
+            return self._evaluate(cfg, output_dir, task_data, progress, batch_size, None)
+
+    def _evaluate(
+        self,
+        cfg: Any,
+        output_dir: Path,
+        task_data: TaskData,
+        progress: Callable[[dict], None],
+        batch_size: BatchSize | None,
+        adapter_label: str | None,
+    ) -> EvalResult:
         from gradience.evaluate import evaluate_model
 
-        task = ctx.cfg.task.model_copy(update={"eval_backend": "hf"})
-        with self.model.disable_adapter():
-            return evaluate_model(
-                ctx.cfg.model_copy(update={"task": task}),
-                self.model,
-                self.tokenizer,
-                output_dir,
-                task_data=task_data,
-                progress=progress,
-                batch_size=batch_size,
-            )
+        return evaluate_model(
+            cfg,
+            self.model,
+            self.tokenizer,
+            output_dir,
+            task_data=task_data,
+            progress=progress,
+            adapter_label=adapter_label,
+            batch_size=batch_size,
+        )
 
     def release(self) -> None:
         from gradience.models import release_memory

@@ -9,6 +9,8 @@ relative to zero, so the words never claim more than the interval does.
 
 from __future__ import annotations
 
+import statistics
+
 from gradience.results import AggregatedResults, Contrast, MechanismAnalysis
 
 _LEADS = {
@@ -34,6 +36,14 @@ def variant_mean(results: AggregatedResults, variant: str, metric: str) -> float
         return None
     values = [getattr(run, metric) for run in aggregate.runs.values()]
     return sum(values) / len(values)
+
+
+def fine_tuning_gain(results: AggregatedResults, metric: str) -> float | None:
+    """The probe's mean minus the base model's score (None when either is missing)."""
+    probe = variant_mean(results, "probe", metric)
+    if probe is None or results.base_model is None:
+        return None
+    return probe - getattr(results.base_model, metric)
 
 
 def _relation(c: Contrast) -> str:
@@ -80,10 +90,8 @@ def variant_table(results: AggregatedResults, metric: str) -> list[str]:
     lines = [f"  {'variant':<{width}}  {metric:>8}  {'± sd':>6}  {'n':>2}  {'params':>10}"]
     for name, aggregate in results.variants.items():
         values = [getattr(run, metric) for run in aggregate.runs.values()]
-        mean = sum(values) / len(values) if values else None
-        sd = None
-        if len(values) > 1 and mean is not None:
-            sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+        mean = statistics.mean(values) if values else None
+        sd = statistics.stdev(values) if len(values) > 1 else None
         params = aggregate.trainable_params.mean
         lines.append(
             f"  {name:<{width}}  {_f(mean, '8.4f')}  {_f(sd, '6.4f')}  {len(values):>2}  "
@@ -91,7 +99,7 @@ def variant_table(results: AggregatedResults, metric: str) -> list[str]:
         )
     base = results.base_model
     if base is not None:
-        score = getattr(base, metric, base.exact_match)
+        score = getattr(base, metric)
         lines.append(f"  {'base model (no LoRA)':<{width}}  {score:8.4f}  {'':>6}  {1:>2}  {0:>10}")
     return lines
 

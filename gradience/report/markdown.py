@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 
 from gradience import __version__
-from gradience.report.headline import headline
+from gradience.report.headline import fine_tuning_gain, headline
 from gradience.results import AggregatedResults, Contrast, MechanismAnalysis
 from gradience.stats import verdict as verdict_rule
 from gradience.stats.item_level import __doc__ as BOOTSTRAP_DOC
@@ -99,14 +99,11 @@ def _variants(results: AggregatedResults, metric: str) -> list[str]:
     base = results.base_model
     if base is None:
         return lines + ["The base model without LoRA was not scored (task.eval_base_model).", ""]
-    probe = results.variants.get("probe")
-    probe_values = [getattr(run, metric) for run in probe.runs.values()] if probe else []
-    gain = ""
-    if probe_values:
-        gain = f"; the probe scores {sum(probe_values) / len(probe_values) - getattr(base, metric):+.4f} above it"
+    gain = fine_tuning_gain(results, metric)
+    gain_text = "" if gain is None else f"; the probe scores {gain:+.4f} above it"
     return lines + [
         f"The base model without LoRA scores {getattr(base, metric):.4f} on the same "
-        f"{base.n_items} items (greedy, measured in seed {base.seed}'s probe job){gain}.",
+        f"{base.n_items} items (greedy, measured in seed {base.seed}'s probe job){gain_text}.",
         "",
     ]
 

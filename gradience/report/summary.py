@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gradience.report.headline import headline, variant_mean, variant_table
+from gradience.report.headline import fine_tuning_gain, headline, variant_table
 from gradience.results import AggregatedResults, MechanismAnalysis
 
 
@@ -49,11 +49,3 @@ def format_closing(analysis: MechanismAnalysis, results: AggregatedResults) -> s
     if gain is not None:
         lines.append(f"  the probe scores {gain:+.3f} above the base model without LoRA")
     return "\n".join(lines)
-
-
-def fine_tuning_gain(results: AggregatedResults, metric: str) -> float | None:
-    """The probe's mean minus the base model's score (None when either is missing)."""
-    probe = variant_mean(results, "probe", metric)
-    if probe is None or results.base_model is None:
-        return None
-    return probe - getattr(results.base_model, metric, results.base_model.exact_match)
