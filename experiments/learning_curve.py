@@ -10,6 +10,14 @@ Writes OUTPUT/learning_curve.json, learning_curve.md (the table: mean ± sd over
 variant and step count) and learning_curve.png, and prints the table. A config's setting is
 on its plateau for a variant when the next step count changes that variant's mean by less
 than --flat (default 0.01); the table's last column says so for each step count.
+
+Neighbouring points are separate runs, so one point-to-point move mixes the trend with the
+runs' own noise. A second table fits each variant's trend instead: a least-squares line
+through every seed's accuracy at every step count from --fit-from on, and the change it
+predicts over --horizon more steps (default 10) with its 95% CI (scipy.stats.linregress,
+t with n-2 degrees of freedom). "flat" there means the whole CI lies within ±--flat.
+``--from-json FILE`` rebuilds the tables and the plot from a saved learning_curve.json
+without running anything.
 """
 
 from __future__ import annotations
@@ -28,14 +36,28 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("config", help="experiment YAML")
     parser.add_argument(
-        "--steps", required=True, help="comma-separated step counts, e.g. 150,200,250"
+        "--steps", help="comma-separated step counts, e.g. 150,200,250"
     )
     parser.add_argument("--seeds", help="comma-separated seeds (default: the config's)")
     parser.add_argument(
         "--output", default="experiments/learning_curve", help="folder for the runs and files"
     )
     parser.add_argument("--flat", type=float, default=0.01, help="plateau tolerance (accuracy)")
-    return parser.parse_args(argv)
+    parser.add_argument(
+        "--horizon", type=int, default=10, help="'a few more steps' for the trend table"
+    )
+    parser.add_argument(
+        "--fit-from", type=int, default=0, help="fit the trend from this step count on"
+    )
+    parser.add_argument(
+        "--from-json",
+        metavar="FILE",
+        help="rebuild the tables and plot from a saved learning_curve.json (runs nothing)",
+    )
+    args = parser.parse_args(argv)
+    if args.from_json is None and args.steps is None:
+        parser.error("--steps is required unless --from-json is given")
+    return args
 
 
 def run_point(cfg, steps: int, output: Path):
@@ -76,6 +98,35 @@ def curve_table(curve: dict[int, dict[str, list[float]]], flat: float) -> list[s
     return lines
 
 
+def trend_table(
+    curve: dict[int, dict[str, list[float]]], flat: float, horizon: int, fit_from: int
+) -> list[str]:
+    """Per variant: the least-squares trend over the points >= fit_from, as the change it
+    predicts over ``horizon`` more steps, with a 95% CI."""
+    from scipy import stats
+
+    steps = [n for n in sorted(curve) if n >= fit_from]
+    variants = list(dict.fromkeys(v for n in steps for v in curve[n]))
+    lines = [
+        f"| variant | change over {horizon} more steps (trend over {steps[0]}-{steps[-1]} steps) "
+        f"| 95% CI | flat (CI within ±{flat:g}) |",
+        "|---|---|---|---|",
+    ]
+    for v in variants:
+        xs = [n for n in steps for _ in curve[n].get(v, [])]
+        ys = [y for n in steps for y in curve[n].get(v, [])]
+        if len(set(xs)) < 2 or len(xs) < 3:
+            lines.append(f"| `{v}` | — | — | not computable (fewer than 2 step counts) |")
+            continue
+        fit = stats.linregress(xs, ys)
+        half = stats.t.ppf(0.975, len(xs) - 2) * fit.stderr * horizon
+        change = fit.slope * horizon
+        low, high = change - half, change + half
+        verdict = "yes" if -flat < low and high < flat else "no"
+        lines.append(f"| `{v}` | {change:+.4f} | [{low:+.4f}, {high:+.4f}] | {verdict} |")
+    return lines
+
+
 def plot(curve: dict[int, dict[str, list[float]]], metric: str, chosen: int, path: Path) -> None:
     import matplotlib
 
@@ -100,9 +151,26 @@ def plot(curve: dict[int, dict[str, list[float]]], metric: str, chosen: int, pat
     plt.close(fig)
 
 
+def write_outputs(
+    curve: dict[int, dict[str, list[float]]], metric: str, chosen: int, output: Path, args
+) -> None:
+    table = curve_table(curve, args.flat)
+    trend = trend_table(curve, args.flat, args.horizon, args.fit_from)
+    (output / "learning_curve.md").write_text("\n".join(table) + "\n\n" + "\n".join(trend) + "\n")
+    plot(curve, metric, chosen, output / "learning_curve.png")
+    print("\n".join(table) + "\n\n" + "\n".join(trend))
+    print(f"written: {output}/learning_curve.md, learning_curve.png")
+
+
 def main(argv: list[str]) -> int:
     args = parse_args(argv)
     cfg = load_config(args.config)
+    if args.from_json:
+        saved = json.loads(Path(args.from_json).read_text())
+        curve = {int(n): point for n, point in saved["curve"].items()}
+        Path(args.output).mkdir(parents=True, exist_ok=True)
+        write_outputs(curve, saved["metric"], cfg.train.max_steps, Path(args.output), args)
+        return 0
     if args.seeds:
         cfg.train.seeds = [int(s) for s in args.seeds.split(",")]
     output = Path(args.output)
@@ -123,11 +191,8 @@ def main(argv: list[str]) -> int:
         )
         + "\n"
     )
-    table = curve_table(curve, args.flat)
-    (output / "learning_curve.md").write_text("\n".join(table) + "\n")
-    plot(curve, metric, cfg.train.max_steps, output / "learning_curve.png")
-    print("\n".join(table))
-    print(f"written: {output}/learning_curve.json, learning_curve.md, learning_curve.png")
+    print(f"written: {output}/learning_curve.json", file=sys.stderr)
+    write_outputs(curve, metric, cfg.train.max_steps, output, args)
     return 0
 
 

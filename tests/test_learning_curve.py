@@ -1,0 +1,77 @@
+"""experiments/learning_curve.py's trend table against a by-hand least-squares fit."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+from scipy import stats
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def learning_curve_module():
+    spec = importlib.util.spec_from_file_location(
+        "learning_curve", REPO / "experiments" / "learning_curve.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def noisy_curve(slope: float) -> dict[int, dict[str, list[float]]]:
+    rng = np.random.default_rng(0)
+    return {
+        n: {"probe": [float(0.5 + slope * n + e) for e in rng.normal(0, 0.01, size=5)]}
+        for n in (100, 150, 200, 250)
+    }
+
+
+def by_hand(curve, horizon: int) -> tuple[float, float]:
+    """Change over ``horizon`` steps and its 95% CI half-width, from the normal equations."""
+    xs = np.array([n for n in curve for _ in curve[n]["probe"]], dtype=float)
+    ys = np.array([y for n in curve for y in curve[n]["probe"]])
+    slope, intercept = np.polyfit(xs, ys, 1)
+    residuals = ys - (slope * xs + intercept)
+    stderr = math.sqrt(residuals @ residuals / (len(xs) - 2) / ((xs - xs.mean()) ** 2).sum())
+    return slope * horizon, stats.t.ppf(0.975, len(xs) - 2) * stderr * horizon
+
+
+def cells(line: str) -> list[str]:
+    return [cell.strip() for cell in line.strip("|").split("|")]
+
+
+def test_trend_matches_a_fit_by_hand_and_judges_flatness_by_the_whole_ci() -> None:
+    module = learning_curve_module()
+    for slope, flat in ((0.0, "yes"), (0.002, "no")):  # 0.002/step: +0.02 per 10 steps
+        curve = noisy_curve(slope)
+        change, half = by_hand(curve, 10)
+        row = cells(module.trend_table(curve, 0.01, 10, 0)[2])
+        assert row[0] == "`probe`" and row[3] == flat
+        assert float(row[1]) == round(change, 4)
+        low, high = (float(x) for x in row[2].strip("[]").split(","))
+        assert (low, high) == (round(change - half, 4), round(change + half, 4))
+
+
+def test_fit_from_drops_the_early_points_and_one_step_count_is_not_computable() -> None:
+    module = learning_curve_module()
+    curve = noisy_curve(0.0)
+    assert "200-250 steps" in module.trend_table(curve, 0.01, 10, 200)[0]
+    assert "not computable" in module.trend_table(curve, 0.01, 10, 250)[2]
+
+
+def test_from_json_rebuilds_the_tables_without_running(tmp_path: Path) -> None:
+    module = learning_curve_module()
+    saved = tmp_path / "curve.json"
+    curve = noisy_curve(0.0)
+    saved.write_text(json.dumps({"metric": "exact_match", "curve": curve}))
+    config = REPO / "experiments" / "configs" / "cpu_demo.yaml"
+    argv = [str(config), "--from-json", str(saved), "--output", str(tmp_path / "out")]
+    assert module.main(argv) == 0
+    text = (tmp_path / "out" / "learning_curve.md").read_text()
+    assert "| 100 |" in text and "change over 10 more steps" in text
+    assert (tmp_path / "out" / "learning_curve.png").stat().st_size > 0
+    assert not list((tmp_path / "out").glob("steps_*"))  # nothing was run
