@@ -135,17 +135,22 @@ def plot(curve: dict[int, dict[str, list[float]]], metric: str, chosen: int, pat
 
     steps = sorted(curve)
     variants = list(dict.fromkeys(v for point in curve.values() for v in point))
-    fig, ax = plt.subplots(figsize=(7, 4.2))
-    for v in variants:
-        xs = [n for n in steps if curve[n].get(v)]
-        means = [statistics.mean(curve[n][v]) for n in xs]
-        sds = [statistics.stdev(curve[n][v]) if len(curve[n][v]) > 1 else 0.0 for n in xs]
-        ax.errorbar(xs, means, yerr=sds, marker="o", capsize=3, label=v)
-    ax.axvline(chosen, color="grey", linestyle="--", linewidth=1, label=f"config: {chosen} steps")
-    ax.set_xlabel("training steps (each point a full run with its own schedule)")
-    ax.set_ylabel(f"{metric} (mean ± sd over seeds)")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
+    # Left: the whole accuracy scale, where "flat" is judged by eye; right: zoomed to the
+    # data, where every difference between variants shows (and looks larger than it is).
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    for ax, title in zip(axes, ("full scale", "zoomed to the data"), strict=True):
+        for v in variants:
+            xs = [n for n in steps if curve[n].get(v)]
+            means = [statistics.mean(curve[n][v]) for n in xs]
+            sds = [statistics.stdev(curve[n][v]) if len(curve[n][v]) > 1 else 0.0 for n in xs]
+            ax.errorbar(xs, means, yerr=sds, marker="o", capsize=3, label=v)
+        ax.axvline(chosen, color="grey", linestyle="--", linewidth=1, label=f"config: {chosen} steps")
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("training steps (each point a full run with its own schedule)")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylim(0.0, 1.0)
+    axes[0].set_ylabel(f"{metric} (mean ± sd over seeds)")
+    axes[1].legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
