@@ -18,7 +18,7 @@ from gradience.cli import main
 from gradience.config import ExperimentConfig, load_config
 from gradience.experiment import run_mechanism_test
 from gradience.experiment.jobs import JobEvent
-from gradience.experiment.records import JobRecord
+from gradience.experiment.records import JobRecord, read_record
 from gradience.io import read_model
 from gradience.ranks import lora_params
 from gradience.results import (
@@ -390,12 +390,17 @@ def test_ray_executor_matches_the_local_executor(local_run, tmp_path: Path) -> N
     # (max_calls=1), so each seed costs ~6 process start-ups; one seed shows the same bits.
     cfg = tiny_config()
     cfg.train.seeds = [42]
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    # Two fake GPUs on this CPU-only machine: Ray hands each train+eval job one of them (its
+    # CUDA_VISIBLE_DEVICES, recorded in job.json); torch still sees no CUDA and runs on CPU.
+    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
     try:
         run = run_mechanism_test(cfg, tmp_path, executor="ray")
     finally:
         ray.shutdown()
     assert run.complete
+    workers = [read_record(tmp_path / "seed_42" / v).worker for v in TRAINED]
+    assert all(w["cuda_visible_devices"] in ("0", "1") for w in workers)
+    assert len({w["pid"] for w in workers}) == len(workers)  # no worker ran two jobs
     assert run.results.variants.keys() == local_run.results.variants.keys()
     for variant, aggregate in run.results.variants.items():
         assert aggregate.runs == {"42": local_run.results.variants[variant].runs["42"]}
