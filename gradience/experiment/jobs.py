@@ -172,8 +172,8 @@ def train_eval_job(
         result = model.evaluate(ctx, folder, task_data, reporter(clock, sink, "eval"), batch)
         clock.phase_done("eval")
         if evaluates_base_model(ctx, seed, variant):
-            base_progress = reporter(clock, sink, "base")
-            model.evaluate_base(ctx, folder / BASE_DIR, task_data, base_progress, batch)
+            progress = reporter(clock, sink, "base")
+            model.evaluate(ctx, folder / BASE_DIR, task_data, progress, batch, base_model=True)
             clock.phase_done("base")
         record = clock.finish(output_digest=file_digest(folder / ADAPTER_WEIGHTS))
     except Exception as error:  # noqa: BLE001 - recorded, shown, and the run goes on

@@ -12,6 +12,7 @@ the job releases its model.
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,8 +44,32 @@ class TrainedModel:
         task_data: TaskData,
         progress: Callable[[dict], None],
         batch_size: BatchSize | None = None,
+        *,
+        base_model: bool = False,
     ) -> EvalResult:
-        return self._evaluate(ctx.cfg, output_dir, task_data, progress, batch_size, self.adapter)
+        """Score the model on the task's eval items into ``output_dir``.
+
+        ``base_model``: the same evaluation with the LoRA layers switched off, the base model
+        as loaded; always on the transformers backend (vLLM would be handed the merged
+        adapter)."""
+        from gradience.evaluate import evaluate_model
+
+        cfg, adapter_label, lora = ctx.cfg, self.adapter, contextlib.nullcontext()
+        if base_model:
+            task = cfg.task.model_copy(update={"eval_backend": "hf"})
+            cfg = cfg.model_copy(update={"task": task})
+            adapter_label, lora = None, self.model.disable_adapter()
+        with lora:
+            return evaluate_model(
+                cfg,
+                self.model,
+                self.tokenizer,
+                output_dir,
+                task_data=task_data,
+                progress=progress,
+                adapter_label=adapter_label,
+                batch_size=batch_size,
+            )
 
     def batch_size(self, ctx: plan.RunContext, task_data: TaskData) -> BatchSize:
         """The generation batch size for this model on the task's eval items."""
@@ -53,44 +78,6 @@ class TrainedModel:
 
         prompts = [build_prompt(ctx.cfg.task, example) for example in task_data.eval]
         return eval_batch_size(ctx.cfg, self.model, self.tokenizer, prompts)
-
-    def evaluate_base(
-        self,
-        ctx: plan.RunContext,
-        output_dir: Path,
-        task_data: TaskData,
-        progress: Callable[[dict], None],
-        batch_size: BatchSize | None = None,
-    ) -> EvalResult:
-        """The same evaluation with the LoRA layers switched off: the base model as loaded.
-
-        Always on the transformers backend (vLLM would be handed the merged adapter)."""
-        task = ctx.cfg.task.model_copy(update={"eval_backend": "hf"})
-        cfg = ctx.cfg.model_copy(update={"task": task})
-        with self.model.disable_adapter():
-            return self._evaluate(cfg, output_dir, task_data, progress, batch_size, None)
-
-    def _evaluate(
-        self,
-        cfg: Any,
-        output_dir: Path,
-        task_data: TaskData,
-        progress: Callable[[dict], None],
-        batch_size: BatchSize | None,
-        adapter_label: str | None,
-    ) -> EvalResult:
-        from gradience.evaluate import evaluate_model
-
-        return evaluate_model(
-            cfg,
-            self.model,
-            self.tokenizer,
-            output_dir,
-            task_data=task_data,
-            progress=progress,
-            adapter_label=adapter_label,
-            batch_size=batch_size,
-        )
 
     def release(self) -> None:
         from gradience.models import release_memory
