@@ -68,9 +68,14 @@ def run_point(cfg, steps: int, output: Path):
     return run_mechanism_test(point, output / f"steps_{steps}").results
 
 
+def variant_names(points) -> list[str]:
+    """Every variant of the given points, in the order they first appear."""
+    return list(dict.fromkeys(v for point in points for v in point))
+
+
 def curve_table(curve: dict[int, dict[str, list[float]]], flat: float) -> list[str]:
     steps = sorted(curve)
-    variants = list(dict.fromkeys(v for point in curve.values() for v in point))
+    variants = variant_names(curve.values())
     lines = [
         "| steps | "
         + " | ".join(f"`{v}`" for v in variants)
@@ -106,7 +111,7 @@ def trend_table(
     from scipy import stats
 
     steps = [n for n in sorted(curve) if n >= fit_from]
-    variants = list(dict.fromkeys(v for n in steps for v in curve[n]))
+    variants = variant_names(curve[n] for n in steps)
     lines = [
         f"| variant | change over {horizon} more steps (trend over {steps[0]}-{steps[-1]} steps) "
         f"| 95% CI | flat (CI within ±{flat:g}) |",
@@ -134,7 +139,7 @@ def plot(curve: dict[int, dict[str, list[float]]], metric: str, chosen: int, pat
     import matplotlib.pyplot as plt
 
     steps = sorted(curve)
-    variants = list(dict.fromkeys(v for point in curve.values() for v in point))
+    variants = variant_names(curve.values())
     # Left: the whole accuracy scale, where "flat" is judged by eye; right: zoomed to the
     # data, where every difference between variants shows (and looks larger than it is).
     fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
