@@ -1,17 +1,30 @@
 #!/usr/bin/env bash
 # Run the mechanism test end to end: checks, the experiment, the statistical analysis.
 #
-#   ./experiments/run_mechanism_test.sh [CONFIG]      (default: experiments/mechanism_test_config.yaml)
+#   ./experiments/run_mechanism_test.sh [--accept-underpowered] [CONFIG]
+#                                                     (default: experiments/mechanism_test_config.yaml)
 #
-# 1. checks up front, each with what to do: gradience importable; a CUDA GPU where the config
-#    needs one; the base model reachable (Hugging Face login / cache / HF_HUB_OFFLINE);
+# 1. checks up front, each with what to do: gradience importable; the power plan
+#    (`gradience mechanism power`): when a primary threshold is not detectable at the config's
+#    seeds the script stops (exit 4) unless --accept-underpowered is given or the config sets
+#    hypothesis.accept_underpowered: true; a CUDA GPU where the config needs one; the base
+#    model reachable (Hugging Face login / cache / HF_HUB_OFFLINE);
 # 2. `gradience mechanism run --config CONFIG` (rerunning resumes: finished jobs are kept);
 # 3. `python experiments/analyze_mechanism_test.py RUN/aggregated_results.json`.
 # Uses .venv/bin/python when a .venv exists here, else python3 from PATH.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-CONFIG="${1:-experiments/mechanism_test_config.yaml}"
+ACCEPT_UNDERPOWERED=0
+CONFIG=""
+for arg in "$@"; do
+  case $arg in
+    --accept-underpowered) ACCEPT_UNDERPOWERED=1 ;;
+    -*) printf 'error: unknown option %s (usage: %s [--accept-underpowered] [CONFIG])\n' "$arg" "$0" >&2; exit 2 ;;
+    *) [[ -z "$CONFIG" ]] || { printf 'error: more than one CONFIG given\n' >&2; exit 2; }; CONFIG="$arg" ;;
+  esac
+done
+CONFIG="${CONFIG:-experiments/mechanism_test_config.yaml}"
 if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON="$(command -v python3 || true)"; fi
 
 say() { printf '==> %s\n' "$*"; }
@@ -21,6 +34,23 @@ die() { printf 'error: %s\n' "$1" >&2; exit "${2:-1}"; }
 [[ -f "$CONFIG" ]] || die "config not found: $CONFIG"
 "$PYTHON" -c "import gradience" 2>/dev/null \
   || die "gradience is not importable with $PYTHON: run 'make setup' (or: pip install -e '.[hf,bench]')"
+
+say "power plan of $CONFIG (before any training)"
+set +e
+"$PYTHON" -m gradience mechanism power --config "$CONFIG" --require-detectable
+status=$?
+set -e
+case $status in
+  0) ;;
+  3)
+    if [[ $ACCEPT_UNDERPOWERED -eq 1 ]]; then
+      say "underpowered (see above), accepted by --accept-underpowered: training anyway"
+    else
+      die "underpowered: a primary threshold is not detectable at the config's seeds (see above), so not training; add seeds to train.seeds (the plan says how many), or rerun with --accept-underpowered (or set hypothesis.accept_underpowered: true) to train anyway" 4
+    fi ;;
+  2) die "fix the config above and rerun" 2 ;;
+  *) die "the power plan failed (exit code $status, see above)" 3 ;;
+esac
 
 say "checking $CONFIG"
 set +e

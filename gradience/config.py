@@ -19,6 +19,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from gradience.config_env import EnvConfig, Section
 from gradience.errors import GradienceError
 from gradience.io import describe_validation_error
+from gradience.results import CROSS_SEED_VARIANTS
 
 __all__ = ["EnvConfig", "ExperimentConfig", "load_config"]
 
@@ -34,6 +35,7 @@ VARIANT_NAMES = (
     "per_layer_shuffled_k",
     "per_layer_reversed",
     "per_layer_truncated",
+    "per_layer_truncated_crossseed",
     "probe_truncated_shuffled",
 )
 
@@ -211,9 +213,25 @@ class TrainConfig(_Section):
         return value
 
 
+#: The probe's LoRA scale when lora.lora_alpha is unset: what the seed's alpha 32 gave its
+#: r = 64 probe under plain LoRA (32/64), whatever the alpha policy.
+DEFAULT_PROBE_SCALE = 0.5
+
+
 class LoraSection(_Section):
     probe_r: int = Field(64, gt=0, description="Uniform rank of the probe adapter that gets audited.")
-    lora_alpha: float = Field(32, gt=0, description="LoRA alpha of the probe.")
+    lora_alpha: float | None = Field(
+        None,
+        gt=0,
+        description="LoRA alpha of the probe (alpha_policy says what the other ranks get). "
+        "Unset (null): the alpha that gives the probe the scale 0.5 under every alpha_policy, "
+        "the seed's 32/64 at r = 64: 0.5*sqrt(probe_r) under 'rslora' (scale alpha/sqrt(r)), "
+        "0.5*probe_r under 'constant_scale' and 'fixed_alpha' (scale alpha/r), so switching "
+        "policy never changes the probe's step size by itself (a fixed default alpha of 32 would "
+        "give an r = 64 probe scale 4 under rslora, 8x the seed's). Resolved when the config is "
+        "validated: every consumer, the dumped config and the results see that number. An alpha "
+        "set explicitly is used as given.",
+    )
     lora_dropout: float = Field(0.1, ge=0, lt=1, description="Dropout on the LoRA input.")
     target_modules: list[str] = Field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
@@ -236,6 +254,14 @@ class LoraSection(_Section):
         "the probe's init wherever their ranks overlap. Off: PEFT's draws from the global stream.",
     )
 
+    @model_validator(mode="after")
+    def _default_alpha(self) -> LoraSection:
+        # Idempotent: with validate_assignment the assignment below re-runs this validator once.
+        if self.lora_alpha is None:
+            root = self.probe_r**0.5 if self.alpha_policy == "rslora" else self.probe_r
+            self.lora_alpha = DEFAULT_PROBE_SCALE * root
+        return self
+
 
 class CompressionConfig(_Section):
     policy: str = Field("energy@0.90", description="Rank policy that turns the probe's audit into per-module ranks.")
@@ -257,7 +283,13 @@ class CompressionConfig(_Section):
         "The placement decision needs 'per_layer_shuffled_within_type' (parameter-matched); "
         "'per_layer_shuffled' is the seed's rule, reported with its parameter ratio.",
     )
-    shuffle_k: int = Field(5, gt=0, description="Number of independent shuffles for 'per_layer_shuffled_k'.")
+    shuffle_k: int = Field(
+        19,
+        gt=0,
+        description="Number of independent within-type shuffles for 'per_layer_shuffled_k'. The "
+        "permutation p = (1 + #shuffles scoring >= per_layer) / (k + 1) can be no smaller than "
+        "1/(k + 1): k = 19 is the fewest that can reach 0.05.",
+    )
     probe_gate: float = Field(
         0.0,
         ge=0,
@@ -302,9 +334,68 @@ class HypothesisConfig(_Section):
         description="per_layer must beat the parameter-matched shuffle (per_layer_shuffled_within_type) "
         "by more than this; also the threshold for per_layer vs uniform_matched (heterogeneity).",
     )
-    alpha: float = Field(0.05, gt=0, lt=1, description="Significance level (after Holm correction).")
+    alpha: float = Field(
+        0.05,
+        gt=0,
+        lt=1,
+        description="Family-wise error rate of the verdict: PASS is Holm-adjusted over the primary "
+        "contrasts, FAIL reads the one-sided upper bound at alpha/m (m primary contrasts).",
+    )
     min_effect_size: float = Field(0.5, ge=0, description="Minimum Cohen's d for compression efficacy.")
     power: float = Field(0.8, gt=0, lt=1, description="Target power for the seeds-needed estimate.")
+    min_moved_fraction: float = Field(
+        0.1,
+        ge=0,
+        le=1,
+        description="A placement FAIL needs the within-type shuffle to hold at least this share "
+        "of per_layer's LoRA parameters in other modules (mean over seeds); below it the shuffle "
+        "is nearly per_layer itself and placement is undetermined, not ruled out.",
+    )
+    assumed_diff_sd: float = Field(
+        0.015,
+        gt=0,
+        description="Power plan prior (`gradience mechanism power` without --pilot): the sd, "
+        "between seeds, of a primary contrast's paired per-seed difference in accuracy. 0.015 is "
+        "what issue 18 measured as typical; the demo's learning curves "
+        "(experiments/learning_curve/learning_curve.json, 500 items, 5 seeds) give 0.006-0.014 "
+        "for per_layer vs probe and vs either shuffle. A pilot run's own sd replaces it.",
+    )
+    assumed_diff_sd_items: int = Field(
+        500,
+        gt=0,
+        description="The number of eval items assumed_diff_sd was measured on; the plan rescales "
+        "it to task.eval_samples (item sampling adds about assumed_discordant_fraction / items "
+        "to the variance of the difference, the seed-to-seed part stays).",
+    )
+    assumed_discordant_fraction: float = Field(
+        0.06,
+        ge=0,
+        le=1,
+        description="Power plan prior: the share of eval items two paired runs score differently "
+        "((b + c) / N of McNemar), used only to rescale assumed_diff_sd to another number of eval "
+        "items. 0.06 is the demo's (3 seeds x 500 items: 0.077 per_layer vs probe, 0.043 vs the "
+        "within-type shuffle); a smaller value credits more items with less (conservative).",
+    )
+    accept_underpowered: bool = Field(
+        False,
+        description="Let experiments/run_mechanism_test.sh train although the power plan says a "
+        "primary threshold is not detectable at len(train.seeds) seeds (as its "
+        "--accept-underpowered flag does). Off: the script stops before training.",
+    )
+    until_decided: bool = Field(
+        False,
+        description="Sequential seeds (`mechanism run --until-decided`): after min_seeds, add the "
+        "configured seeds one at a time and stop as soon as every primary contrast is decided "
+        "(gradience.stats.sequential: alpha spending keeps the family-wise error at alpha across "
+        "the looks, for PASS and FAIL); the verdict then reads the sequential decisions.",
+    )
+    min_seeds: int = Field(3, ge=3, description="Seeds at the first sequential look.")
+    max_seeds: int | None = Field(
+        None,
+        ge=3,
+        description="Seeds at the last sequential look (null: all of train.seeds); the boundaries "
+        "depend on it, so it is fixed before the run in the registered plan.",
+    )
 
 
 class MetadataConfig(_Section):
@@ -332,6 +423,13 @@ class ExperimentConfig(_Section):
             raise ValueError(
                 f"lora.probe_r={self.lora.probe_r} must be one of compression.allowed_ranks "
                 f"{self.compression.allowed_ranks}"
+            )
+        cross_seed = [v for v in self.compression.variants if v in CROSS_SEED_VARIANTS]
+        if cross_seed and len(self.train.seeds) < 2:
+            raise ValueError(
+                f"compression.variants lists {cross_seed}, which cut each seed's probe to the "
+                "ranks another seed's audit chose (the next seed of train.seeds): they need at "
+                f"least 2 seeds, train.seeds has {len(self.train.seeds)}"
             )
         return self
 

@@ -7,7 +7,10 @@ other's internals.
 Extra keys are allowed on read so that newer writers stay readable, but ``schema_version``
 must be one this version knows. Version 2 added optional fields only (paired init, update
 norms, parameter ratios, the placement section, gated seeds); files of version 1 read as they
-are, the new fields empty.
+are, the new fields empty. Version 3 (the verdict that never says more than its intervals) adds
+optional fields only: each contrast's ``outcome``, ``primary`` and family-wise ``decision_ci``,
+the within-type shuffle's moved share of parameters; a version-1 or 2 analysis reads with
+``primary`` taken from ``holm_family`` and the new fields empty.
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 #: Versions this code reads.
-SchemaVersion = Literal[1, 2]
+SchemaVersion = Literal[1, 2, 3]
 
 
 class _Result(BaseModel):
@@ -41,7 +44,9 @@ class AdapterInfo(_Result):
 
 
 class ModuleAudit(_Result):
-    name: str = Field(description="Module name relative to the base model, as rank_pattern matches it.")
+    name: str = Field(
+        description="Module name relative to the base model, as rank_pattern matches it."
+    )
     type: str = Field(description="Last name component: q_proj, ..., c_attn.")
     layer: int | None = Field(description="Transformer block index, or null if the name has none.")
     r: int
@@ -79,7 +84,10 @@ class AuditResult(_Versioned):
     modules: list[ModuleAudit]
     summary: AuditSummary
     allowed_ranks: list[int] = Field(default_factory=list)
-    warnings: list[str] = Field(default_factory=list, description="Things a user should know, e.g. ambiguous rank_pattern keys.")
+    warnings: list[str] = Field(
+        default_factory=list,
+        description="Things a user should know, e.g. ambiguous rank_pattern keys.",
+    )
 
 
 # ---------------------------------------------------------------- ranks (gradience suggest)
@@ -96,6 +104,20 @@ class RankPattern(_Versioned):
 # ---------------------------------------------------------------- train / eval
 
 
+#: The truncation arm: variants made by cutting a seed's probe by SVD to a rank pattern, not
+#: trained (0 steps, evaluation only). Named here, in the schema module that imports nothing of
+#: gradience, so that config validation, the experiment DAG and the statistics read one list.
+TRUNCATED_VARIANTS = (
+    "per_layer_truncated",
+    "per_layer_truncated_crossseed",
+    "probe_truncated_shuffled",
+)
+#: Truncation variants whose rank pattern comes from ANOTHER seed's audit (the next seed of
+#: ``train.seeds``, cyclically), never from the spectrum of the probe they cut: they need at
+#: least two seeds, and each one's job depends on that other seed's audit.
+CROSS_SEED_VARIANTS = ("per_layer_truncated_crossseed", "probe_truncated_shuffled")
+
+
 class TrainResult(_Versioned):
     seed: int
     variant: str | None = None
@@ -110,23 +132,36 @@ class TrainResult(_Versioned):
     loss_first: float | None = None
     loss_last: float | None = None
     loss_min: float | None = None
-    loss_curve: list[tuple[int, float]] = Field(default_factory=list, description="(step, loss) pairs.")
+    loss_curve: list[tuple[int, float]] = Field(
+        default_factory=list, description="(step, loss) pairs."
+    )
     dropped_examples: int = 0
     versions: dict[str, str] = Field(default_factory=dict)
     config_hash: str | None = None
     paired_init: bool | None = Field(
-        None, description="A drawn per (seed, module) and shared across variants; null: written before it existed."
+        None,
+        description="A drawn per (seed, module) and shared across variants; null: written before it existed.",
     )
     update_norms: dict[str, float] = Field(
         default_factory=dict, description="‖s·B·A‖_F per module after training (the update's size)."
     )
     padding_free: bool | None = Field(
-        None, description="Batches flattened into one row (no padding); null: written before it existed."
+        None,
+        description="Batches flattened into one row (no padding); null: written before it existed.",
+    )
+    scalings: dict[str, float] | None = Field(
+        None,
+        description="The scaling s each module's saved adapter applies (PEFT's module.scaling "
+        "after loading it: alpha/r, or alpha/sqrt(r) with rsLoRA). Written by the truncation "
+        "arm, whose modules keep the probe's scaling at a smaller rank; null: not recorded (a "
+        "trained variant's follows from its alphas and alpha_policy).",
     )
 
 
 class EvalResult(_Versioned):
-    exact_match: float = Field(description="Flexible extraction: '####' answer, else the last number.")
+    exact_match: float = Field(
+        description="Flexible extraction: '####' answer, else the last number."
+    )
     strict_match: float = Field(description="Only answers given after '####'.")
     n_items: int
     item_ids: list[str]
@@ -179,7 +214,9 @@ class SeedBench(_Versioned):
 
 class ValueStats(_Result):
     mean: float | None
-    std: float | None = Field(description="Sample standard deviation (ddof=1); null with one value.")
+    std: float | None = Field(
+        description="Sample standard deviation (ddof=1); null with one value."
+    )
     values: list[float]
 
 
@@ -189,6 +226,9 @@ class VariantRun(_Result):
     trainable_params: int
     ranks_file: str
     item_correct: list[int] = Field(description="0/1 per eval item, in eval_item_ids order.")
+    item_strict_correct: list[int] | None = Field(
+        None, description="0/1 per eval item under strict_match (schema 3; null in older files)."
+    )
     ranks: dict[str, int] | None = Field(None, description="The rank each module trained at.")
     update_norms: dict[str, float] | None = Field(
         None, description="‖s·B·A‖_F per module after training (from train_result.json)."
@@ -213,7 +253,9 @@ class BaseModelEval(_Result):
     exact_match: float
     strict_match: float
     n_items: int
-    seed: int = Field(description="The seed whose probe job measured it (greedy decoding: any seed gives the same).")
+    seed: int = Field(
+        description="The seed whose probe job measured it (greedy decoding: any seed gives the same)."
+    )
 
 
 class AggregatedResults(_Versioned):
@@ -225,13 +267,21 @@ class AggregatedResults(_Versioned):
     variants: dict[str, VariantAggregate]
     failures: list[Failure] = Field(default_factory=list)
     gated_seeds: list[int] = Field(
-        default_factory=list, description="Seeds stopped by the probe gate (judged on training items)."
+        default_factory=list,
+        description="Seeds stopped by the probe gate (judged on training items).",
     )
-    paired_init: bool | None = Field(None, description="lora.paired_init of the run (null: unknown).")
+    paired_init: bool | None = Field(
+        None, description="lora.paired_init of the run (null: unknown)."
+    )
     base_model: BaseModelEval | None = Field(
         None,
         description="The base model without LoRA on the same eval items (task.eval_base_model); "
         "null: not measured.",
+    )
+    module_costs: dict[str, int] | None = Field(
+        None,
+        description="LoRA parameters per rank (d_in + d_out) of every audited module (schema 3; "
+        "null in older files): how much capacity a control moves.",
     )
 
 
@@ -255,7 +305,9 @@ class PooledItemTest(_Result):
     p: float | None
     ci95: tuple[float, float] | None
     reason: str | None = None
-    estimate: float | None = Field(None, description="Observed mean item difference A - B (over seeds).")
+    estimate: float | None = Field(
+        None, description="Observed mean item difference A - B (over seeds)."
+    )
     resamples: int | None = Field(None, description="Bootstrap resamples.")
     rng_seed: int | None = Field(None, description="Bootstrap RNG seed (fixed: reruns agree).")
 
@@ -280,21 +332,80 @@ class Contrast(_Result):
     seeds_for_80pct_power: int | None
     notes: list[str] = Field(default_factory=list)
     seeds: list[int | str] = Field(default_factory=list, description="The paired seeds used.")
-    values_a: list[float] = Field(default_factory=list, description="A's per-seed scores, in `seeds` order.")
-    values_b: list[float] = Field(default_factory=list, description="B's per-seed scores, in `seeds` order.")
+    values_a: list[float] = Field(
+        default_factory=list, description="A's per-seed scores, in `seeds` order."
+    )
+    values_b: list[float] = Field(
+        default_factory=list, description="B's per-seed scores, in `seeds` order."
+    )
     sd_diff: float | None = Field(None, description="Sample sd (ddof=1) of the paired differences.")
-    threshold: float | None = Field(None, description="The hypothesis threshold this contrast is judged against.")
+    threshold: float | None = Field(
+        None, description="The hypothesis threshold this contrast is judged against."
+    )
     power_at_threshold: float | None = Field(
-        None, description="Power of the paired t at n_seeds for a true difference = threshold (observed sd)."
+        None,
+        description="Power of the paired t at n_seeds for a true difference = threshold (observed sd).",
     )
     seeds_for_80pct_power_at_threshold: int | None = Field(
-        None, description="Seeds for the target power at a true difference = threshold (observed sd)."
+        None,
+        description="Seeds for the target power at a true difference = threshold (observed sd).",
     )
-    holm_family: bool = Field(False, description="Whether holm_p corrects over the primary contrasts.")
+    holm_family: bool = Field(
+        False, description="Whether holm_p corrects over the primary contrasts."
+    )
     param_ratio: float | None = Field(
         None, description="Mean trainable parameters of a / of b over the paired seeds."
     )
-    role: str | None = Field(None, description="What the contrast stands for in the verdict, in words.")
+    role: str | None = Field(
+        None, description="What the contrast stands for in the verdict, in words."
+    )
+    primary: bool | None = Field(
+        None,
+        description="In the primary family (Holm, the verdict's error rate). Files before schema 3 "
+        "leave it null: read holm_family.",
+    )
+    outcome: Literal["pass", "fail", "undetermined"] | None = Field(
+        None,
+        description="The decision rule's outcome (gradience.stats.verdict) for a contrast the "
+        "verdict judges; null for exploratory contrasts.",
+    )
+    decision_ci: tuple[float, float] | None = Field(
+        None,
+        description="The family-wise interval: two-sided at decision_confidence = 1 - 2*alpha/m "
+        "(m primary contrasts); its upper end is the one-sided bound at alpha/m that FAIL reads. "
+        "With m = 2 and alpha = 0.05 it is the 95% CI.",
+    )
+    decision_confidence: float | None = Field(None, description="Confidence of decision_ci.")
+    decision_level: float | None = Field(
+        None,
+        description="One-sided level the power figures use: alpha/m in the primary family "
+        "(the hardest Holm step), alpha for a fixed-sequence contrast.",
+    )
+    min_detectable_effect: float | None = Field(
+        None,
+        description="Smallest true difference the one-sided paired t detects with the target "
+        "power at decision_level, from the observed sd of the paired differences and n_seeds.",
+    )
+    item_level_metric: str | None = Field(
+        None, description="The metric item_level scores (null in older files: exact_match)."
+    )
+    item_level_exact_match: ItemLevel | None = Field(
+        None,
+        description="Item-level tests on exact_match as well, when the primary metric is strict_match.",
+    )
+    failures_as_loss: TestStat | None = Field(
+        None,
+        description="Sensitivity when a seed has one variant failed: the failed run scored 0 "
+        "(a loss) instead of the seed being dropped; statistic = mean difference, p = one-sided "
+        "paired t p. Null when no seed lost exactly one of the two variants.",
+    )
+    failures_as_loss_ci95: tuple[float, float] | None = Field(
+        None, description="The 95% t interval of that sensitivity difference."
+    )
+
+    def is_primary(self) -> bool:
+        """Whether the contrast is in the primary family (older files: its Holm membership)."""
+        return self.holm_family if self.primary is None else self.primary
 
 
 VerdictLabel = Literal[
@@ -305,7 +416,9 @@ VerdictLabel = Literal[
 class Verdict(_Result):
     label: VerdictLabel
     reasons: list[str]
-    alpha_policy: str | None = Field(None, description="The alpha policy the verdict is conditional on.")
+    alpha_policy: str | None = Field(
+        None, description="The alpha policy the verdict is conditional on."
+    )
 
 
 class Placement(_Result):
@@ -316,6 +429,19 @@ class Placement(_Result):
     )
     within_type_changed_fraction: float | None = Field(
         description="The same for the within-type (parameter-matched) shuffle."
+    )
+    within_type_moved_fraction: float | None = Field(
+        None,
+        description="Share of per_layer's LoRA parameters the within-type shuffle puts in another "
+        "module: sum |r_pl - r_sh|*(d_in + d_out) / (2 * per_layer's parameters), mean over seeds; "
+        "null when the results carry no rank patterns or shapes.",
+    )
+    min_moved_fraction: float | None = Field(
+        None,
+        description="hypothesis.min_moved_fraction: below it a placement FAIL is undetermined.",
+    )
+    shuffle_permutation_significant: bool | None = Field(
+        None, description="shuffle_permutation_p <= alpha (null without per_layer_shuffled_k)."
     )
     rank_agreement_across_seeds: float | None = Field(
         description="Mean Spearman correlation of per_layer's ranks between pairs of seeds."
@@ -333,7 +459,9 @@ class Placement(_Result):
         "target power, from its observed sd of paired differences and number of seeds.",
     )
     threshold: float | None = Field(None, description="hypothesis.mechanism_threshold.")
-    decision_contrast: str | None = Field(None, description="The contrast placement was decided on.")
+    decision_contrast: str | None = Field(
+        None, description="The contrast placement was decided on."
+    )
     notes: list[str] = Field(default_factory=list)
 
 
@@ -354,6 +482,22 @@ class MechanismAnalysis(_Versioned):
     inputs: dict[str, object]
     placement: Placement | None = None
     update_norm_vs_rank: dict[str, RankDependence] = Field(default_factory=dict)
+    plan_hash: str | None = Field(
+        None, description="Hash of the analysis plan these settings give (gradience.stats.registered)."
+    )
+    registered_plan_hash: str | None = Field(
+        None,
+        description="Hash of the plan the run registered before its first seed (analysis_plan.json); "
+        "null: none registered (a run before schema 3, or results analysed without their folder).",
+    )
+    sequential: dict[str, object] | None = Field(
+        None, description="The sequential rule's summary (null: a fixed-sample analysis)."
+    )
+    looks: list[dict[str, object]] = Field(
+        default_factory=list,
+        description="Every sequential look: seeds so far, the boundary, each contrast's statistic, "
+        "p-values and decision.",
+    )
 
 
 # ---------------------------------------------------------------- compress (gradience compress)

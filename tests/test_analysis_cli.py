@@ -146,3 +146,33 @@ def test_registering_the_commands_imports_no_heavy_library():
         [sys.executable, "-c", code], capture_output=True, text=True, check=True
     )
     assert result.stdout.strip() == "[]"
+
+
+def test_results_and_an_analysis_written_before_schema_3_still_analyse_and_render(run, capsys):
+    # what a schema-2 writer left: no per-item strict scores, no module costs
+    def to_schema_2(data):
+        data["schema_version"] = 2
+        data.pop("module_costs", None)
+        for aggregate in data["variants"].values():
+            for run_ in aggregate["runs"].values():
+                run_.pop("item_strict_correct", None)
+
+    _edit_results(run, to_schema_2)
+    assert main(["mechanism", "analyze", str(run), "--json", "--no-report"]) == 0
+    analysis = json.loads(capsys.readouterr().out)
+    assert analysis["schema_version"] == 3
+    assert analysis["verdict"]["label"] == "heterogeneity_only"
+    assert analysis["placement"]["within_type_moved_fraction"] is None
+    efficacy = analysis["contrasts"]["per_layer_vs_probe"]
+    assert efficacy["primary"] and efficacy["outcome"] == "pass"
+    # and the analysis file as schema 2 wrote it (no outcome, primary, decision_ci) renders
+    path = run / "mechanism_analysis.json"
+    old = json.loads(path.read_text())
+    old["schema_version"] = 2
+    for contrast in old["contrasts"].values():
+        for key in ("primary", "outcome", "decision_ci", "decision_confidence", "decision_level"):
+            contrast.pop(key, None)
+    path.write_text(json.dumps(old))
+    assert main(["mechanism", "report", str(run)]) == 0
+    report = (run / "report.md").read_text()
+    assert "## Verdict: **heterogeneity_only**" in report

@@ -99,7 +99,7 @@ def test_module_fields_and_summary(mistral_pattern):
     audit = audit_adapter(
         mistral_pattern[0], policies=["energy@0.90", "knee"], allowed_ranks=[1, 2, 4, 8]
     )
-    assert audit.schema_version == 2
+    assert audit.schema_version == 3
     assert (
         audit.adapter.r == 8
         and audit.adapter.lora_alpha == 16

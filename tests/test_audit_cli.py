@@ -80,7 +80,7 @@ def test_audit_json_output_and_plot(adapter, tmp_path, capsys):
     assert code == 0, err
     printed = AuditResult.model_validate_json(out)
     written = json.loads(audit_file.read_text())
-    assert written["schema_version"] == 2
+    assert written["schema_version"] == 3
     assert AuditResult.model_validate(written) == printed
     assert list(printed.summary.policies) == ["energy@0.9", "knee"]
     assert printed.modules[0].name == "model.layers.0.mlp.down_proj"

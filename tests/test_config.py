@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import pytest
 import yaml
 
-from gradience.config import ExperimentConfig, load_config
+from gradience.config import ExperimentConfig, LoraSection, load_config
 from gradience.errors import GradienceError
+from gradience.train.lora_build import expected_scalings
 
 MECHANISM_YAML = Path(__file__).resolve().parents[1] / "experiments" / "mechanism_test_config.yaml"
 
@@ -129,3 +131,49 @@ def test_config_hash_changes_with_content(tmp_path):
     assert (
         a.config_hash() == load_config(write(tmp_path, {"train": {"max_steps": 10}})).config_hash()
     )
+
+
+def lora_config(tmp_path: Path, lora: dict) -> ExperimentConfig:
+    """A config with only ``lora`` set (and probe_r an allowed rank)."""
+    return load_config(
+        write(tmp_path, {"lora": lora, "compression": {"allowed_ranks": [lora["probe_r"]]}})
+    )
+
+
+@pytest.mark.parametrize("policy", ["rslora", "constant_scale", "fixed_alpha"])
+@pytest.mark.parametrize("probe_r", [8, 16, 64])
+def test_unset_alpha_gives_the_probe_scale_one_half_under_every_policy(tmp_path, policy, probe_r):
+    cfg = lora_config(tmp_path, {"probe_r": probe_r, "alpha_policy": policy})
+    alpha = cfg.lora.lora_alpha
+    scale = alpha / math.sqrt(probe_r) if policy == "rslora" else alpha / probe_r  # PEFT's scaling
+    assert scale == pytest.approx(0.5, rel=1e-12)
+    assert expected_scalings({"m": probe_r}, cfg.lora)["m"] == pytest.approx(0.5, rel=1e-12)
+    # the number, not null, is what the config records, and it reloads to itself
+    dumped = cfg.model_dump(mode="json")["lora"]
+    assert dumped["lora_alpha"] == alpha
+    assert lora_config(tmp_path, dumped).lora.lora_alpha == alpha
+
+
+def test_unset_alpha_under_the_default_policy_is_not_the_old_fixed_32():
+    lora = ExperimentConfig().lora
+    assert (lora.probe_r, lora.alpha_policy) == (64, "rslora")
+    assert lora.lora_alpha / math.sqrt(lora.probe_r) == 0.5  # 32 would have given 4
+
+
+@pytest.mark.parametrize("policy", ["rslora", "constant_scale", "fixed_alpha"])
+def test_an_explicit_alpha_is_kept_as_given(policy):
+    for alpha in (32, 4, 0.25):
+        assert LoraSection(alpha_policy=policy, lora_alpha=alpha).lora_alpha == alpha
+
+
+@pytest.mark.parametrize("alpha", [0, -1])
+def test_alpha_must_be_positive_when_set(tmp_path, alpha):
+    assert "lora.lora_alpha" in load_error(write(tmp_path, {"lora": {"lora_alpha": alpha}}))
+
+
+def test_committed_configs_keep_their_explicit_alphas():
+    configs = Path(__file__).resolve().parents[1] / "experiments" / "configs"
+    for path in [MECHANISM_YAML, *sorted(configs.glob("*.yaml"))]:
+        raw = yaml.safe_load(path.read_text())
+        if "lora_alpha" in raw.get("lora", {}):
+            assert load_config(path).lora.lora_alpha == raw["lora"]["lora_alpha"], path.name

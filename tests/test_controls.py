@@ -9,6 +9,8 @@ import pytest
 
 from gradience.ranks import lora_params, summarize_ranks
 from gradience.ranks.controls import (
+    module_type_key,
+    moved_fraction,
     rank_histogram,
     reversed_within_type,
     shuffled_k,
@@ -108,23 +110,25 @@ def test_within_type_shuffle_rejects_a_module_without_type() -> None:
         shuffled_within_type({"a": 1, "b": 2}, {"a": "q_proj"}, 42)
 
 
-def test_uniform_matched_picks_the_rank_with_the_closest_parameter_count() -> None:
+def test_uniform_matched_takes_any_integer_rank_and_lands_within_five_percent() -> None:
     pattern = mistral_like_pattern()
     shapes = shapes_of(pattern)
-    allowed = [1, 2, 4, 8, 16, 32, 64]
     target = sum(r * sum(shapes[n]) for n, r in pattern.items())
-    per_rank = {r: r * sum(sum(shapes[n]) for n in pattern) for r in allowed}
-    best = min(allowed, key=lambda r: abs(per_rank[r] - target))
-    matched = uniform_matched(pattern, shapes, allowed)
+    per_rank = sum(sum(shapes[n]) for n in pattern)
+    # closest uniform count by direct search over every integer rank up to the cap
+    best = min(range(1, max(pattern.values()) + 1), key=lambda r: (abs(r * per_rank - target), r))
+    matched = uniform_matched(pattern, shapes)
     assert set(matched.values()) == {best} and list(matched) == list(pattern)
+    assert abs(best * per_rank / target - 1) <= 0.05
 
 
 def test_uniform_matched_breaks_ties_towards_the_smaller_rank_and_respects_the_cap() -> None:
     shapes = {"a": (10, 10), "b": (10, 10)}
-    # target 12 * 20 = 240; uniform 4 -> 160 and uniform 8 -> 320 are equally far.
-    assert uniform_matched({"a": 4, "b": 8}, shapes, [4, 8, 16]) == {"a": 4, "b": 4}
-    # 16 would be closest to nothing here, and exceeds the pattern's largest rank anyway.
-    assert max(uniform_matched({"a": 8, "b": 8}, shapes, [1, 16]).values()) <= 8
+    # target 12 * 20 = 240: uniform 6 matches exactly (no power of two could)
+    assert uniform_matched({"a": 4, "b": 8}, shapes) == {"a": 6, "b": 6}
+    # target 3 * 20 = 60: uniform 1 -> 40 and uniform 2 -> 80 are equally far
+    assert uniform_matched({"a": 1, "b": 2}, shapes) == {"a": 1, "b": 1}
+    assert max(uniform_matched({"a": 8, "b": 8}, shapes).values()) == 8
 
 
 def test_uniform_median_and_p90_agree_with_the_audit_summaries() -> None:
@@ -136,20 +140,34 @@ def test_uniform_median_and_p90_agree_with_the_audit_summaries() -> None:
     assert set(uniform_median({"a": 1, "b": 2, "c": 4, "d": 8}).values()) == {2}
 
 
-def test_shuffled_k_gives_k_distinct_reproducible_permutations() -> None:
+def test_shuffled_k_gives_k_distinct_reproducible_within_type_permutations() -> None:
     pattern = mistral_like_pattern()
-    shuffles = shuffled_k(pattern, 42, 4)
-    assert list(shuffles) == [f"per_layer_shuffled_k{i}" for i in range(4)]
+    shapes = shapes_of(pattern)
+    types = {n: module_type_key(n.rsplit(".", 1)[-1], *shapes[n]) for n in pattern}
+    shuffles = shuffled_k(pattern, types, 42, 19)
+    assert list(shuffles) == [f"per_layer_shuffled_k{i}" for i in range(19)]
+    target = sum(r * sum(shapes[n]) for n, r in pattern.items())
     for index, shuffled in enumerate(shuffles.values()):
-        expected = fisher_yates(
-            list(pattern.values()), random.Random(f"per_layer_shuffled_k:42:{index}")
-        )
-        assert list(shuffled.values()) == expected and list(shuffled) == list(pattern)
-    assert len({tuple(s.values()) for s in shuffles.values()}) == 4
-    assert shuffled_pattern(pattern, 42) not in shuffles.values()
-    assert shuffled_k(pattern, 42, 4) == shuffles
+        rng = random.Random(f"per_layer_shuffled_k:42:{index}")
+        for kind in dict.fromkeys(types.values()):  # types in first-appearance order
+            names = [n for n in pattern if types[n] == kind]
+            expected = fisher_yates([pattern[n] for n in names], rng)
+            assert [shuffled[n] for n in names] == expected
+        assert list(shuffled) == list(pattern)
+        assert sum(r * sum(shapes[n]) for n, r in shuffled.items()) == target
+    assert len({tuple(s.values()) for s in shuffles.values()}) == 19
+    assert shuffled_k(pattern, types, 42, 19) == shuffles
     with pytest.raises(ValueError):
-        shuffled_k(pattern, 42, 0)
+        shuffled_k(pattern, types, 42, 0)
+
+
+def test_moved_fraction_counts_each_moved_parameter_once() -> None:
+    costs = {"a": 10, "b": 10, "c": 30}
+    pattern = {"a": 4, "b": 2, "c": 1}  # 40 + 20 + 30 = 90 parameters
+    assert moved_fraction(pattern, pattern, costs) == 0.0
+    swapped = {"a": 2, "b": 4, "c": 1}  # 20 parameters left a for b
+    assert moved_fraction(pattern, swapped, costs) == pytest.approx(20 / 90)
+    assert moved_fraction(pattern, swapped, {"a": 10}) is None
 
 
 def test_rank_histogram_counts_modules_per_rank_in_rank_order() -> None:

@@ -22,6 +22,7 @@ from gradience.experiment.records import JobRecord, read_record
 from gradience.io import read_model
 from gradience.ranks import lora_params
 from gradience.results import (
+    CROSS_SEED_VARIANTS,
     AggregatedResults,
     AuditResult,
     EvalResult,
@@ -40,9 +41,12 @@ VARIANTS = [
     "uniform_matched",
     "per_layer_reversed",
     "per_layer_truncated",
+    "per_layer_truncated_crossseed",
     "probe_truncated_shuffled",
 ]
 TRAINED = [v for v in VARIANTS if "truncated" not in v]
+#: Everything but the truncations cut to another seed's ranks: what one seed can run.
+ONE_SEED = [v for v in VARIANTS if v not in CROSS_SEED_VARIANTS]
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -233,27 +237,34 @@ def test_reversed_keeps_each_types_ranks_and_gives_the_neediest_module_the_least
 
 
 def test_the_truncation_arm_cuts_the_probe_without_retraining(local_run, tmp_path) -> None:
+    from gradience.experiment.variants import module_types
+    from gradience.ranks.controls import shuffled_within_type
     from gradience.report.files import analyze_results
 
-    for seed in (42, 43):
-        shapes = {
-            m.name: (m.d_in, m.d_out)
-            for m in read_model(
-                local_run.run_dir / f"seed_{seed}" / "probe" / "audit.json", AuditResult
-            ).modules
-        }
-        for variant, like in (
-            ("per_layer_truncated", "per_layer"),
-            ("probe_truncated_shuffled", "per_layer_shuffled_within_type"),
+    for seed, other in ((42, 43), (43, 42)):
+        audit = read_model(local_run.run_dir / f"seed_{seed}" / "probe" / "audit.json", AuditResult)
+        shapes = {m.name: (m.d_in, m.d_out) for m in audit.modules}
+        # its own per_layer ranks (the cost of compressing); the placement pair: the other
+        # seed's audit's ranks and their within-type shuffle, never this probe's own choice
+        source = ranks_of(local_run.run_dir, other, "per_layer")
+        for variant, expected in (
+            ("per_layer_truncated", ranks_of(local_run.run_dir, seed, "per_layer")),
+            ("per_layer_truncated_crossseed", source),
+            ("probe_truncated_shuffled", shuffled_within_type(source, module_types(audit), seed)),
         ):
             folder = local_run.run_dir / f"seed_{seed}" / variant
             result = read_model(folder / "train_result.json", TrainResult)
             assert result.steps == 0 and result.truncated_from.endswith("probe/adapter")
-            assert result.ranks == ranks_of(local_run.run_dir, seed, like)
+            assert result.ranks == ranks_of(local_run.run_dir, seed, variant) == expected
             assert result.trainable_params == lora_params(result.ranks, shapes)
+            assert set(result.scalings) == set(result.ranks)
             assert (folder / "adapter" / "compress.json").is_file()
+        assert lora_params(source, shapes) == lora_params(
+            ranks_of(local_run.run_dir, seed, "probe_truncated_shuffled"), shapes
+        )
     output = analyze_results(local_run.run_dir, output_dir=tmp_path)
     assert "per_layer_truncated_vs_probe" in output.analysis.contrasts
+    assert "per_layer_truncated_crossseed_vs_probe_truncated_shuffled" in output.analysis.contrasts
     assert "## Compression without retraining" in (tmp_path / "report.md").read_text()
 
 
@@ -270,7 +281,9 @@ def test_a_new_gradience_version_retrains_every_job(local_run, tmp_path: Path, m
     assert versions["gradience"].endswith(".post1")
 
 
-def test_evaluating_the_in_memory_model_equals_loading_the_saved_adapter(local_run, tmp_path) -> None:
+def test_evaluating_the_in_memory_model_equals_loading_the_saved_adapter(
+    local_run, tmp_path
+) -> None:
     """Each job trains and evaluates one in-memory model; a fresh load of its saved adapter
     scores exactly the same completions."""
     from gradience.evaluate import evaluate_adapter
@@ -388,7 +401,7 @@ def test_ray_executor_matches_the_local_executor(local_run, tmp_path: Path) -> N
     ray = pytest.importorskip("ray")
     # One seed of the local run's config: every trained job is a fresh Ray worker process
     # (max_calls=1), so each seed costs ~6 process start-ups; one seed shows the same bits.
-    cfg = tiny_config()
+    cfg = tiny_config(variants=ONE_SEED)
     cfg.train.seeds = [42]
     # Two fake GPUs on this CPU-only machine: Ray hands each train+eval job one of them (its
     # CUDA_VISIBLE_DEVICES, recorded in job.json); torch still sees no CUDA and runs on CPU.
@@ -401,7 +414,7 @@ def test_ray_executor_matches_the_local_executor(local_run, tmp_path: Path) -> N
     workers = [read_record(tmp_path / "seed_42" / v).worker for v in TRAINED]
     assert all(w["cuda_visible_devices"] in ("0", "1") for w in workers)
     assert len({w["pid"] for w in workers}) == len(workers)  # no worker ran two jobs
-    assert run.results.variants.keys() == local_run.results.variants.keys()
+    assert list(run.results.variants) == ONE_SEED
     for variant, aggregate in run.results.variants.items():
         assert aggregate.runs == {"42": local_run.results.variants[variant].runs["42"]}
     assert run.results.base_model == local_run.results.base_model
@@ -409,10 +422,10 @@ def test_ray_executor_matches_the_local_executor(local_run, tmp_path: Path) -> N
     local_digests = {
         job: r.output_digest
         for job, r in records(local_run.run_dir).items()
-        if job.startswith("seed_42/")
+        if job.startswith("seed_42/") and job.split("/")[1] not in CROSS_SEED_VARIANTS
     }
     assert {job: r.output_digest for job, r in records(tmp_path).items()} == local_digests
-    for variant in VARIANTS:
+    for variant in ONE_SEED:
         assert ranks_of(tmp_path, 42, variant) == ranks_of(local_run.run_dir, 42, variant)
         predictions = Path("seed_42") / variant / "predictions.jsonl"
         assert (tmp_path / predictions).read_bytes() == (

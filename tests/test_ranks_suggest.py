@@ -30,7 +30,7 @@ def test_suggest_names_every_module_in_audit_order():
     }
     assert pattern.probe_r == 8
     assert pattern.trainable_params == 1 * 64 + 8 * 128 + 2 * 64 + 4 * 96
-    assert pattern.policy == "energy@0.90" and pattern.schema_version == 2
+    assert pattern.policy == "energy@0.90" and pattern.schema_version == 3
 
 
 def test_suggest_applies_margin_and_allowed_ranks():

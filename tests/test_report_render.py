@@ -14,7 +14,7 @@ from gradience.io import write_model
 from gradience.report.files import _rank_patterns, analyze_results, rerender
 from gradience.results import MechanismAnalysis
 
-PNGS = ("accuracy.png", "rank_heatmaps.png", "probe_spectra.png")
+PNGS = ("decision.png", "accuracy.png", "rank_heatmaps.png", "probe_spectra.png")
 
 
 @pytest.fixture(scope="module")

@@ -15,7 +15,7 @@ from statsmodels.stats.power import TTestPower
 from gradience.config import HypothesisConfig
 from gradience.results import AggregatedResults
 from gradience.stats import analyze
-from gradience.stats.placement import min_detectable_effect
+from gradience.stats.power import min_detectable_effect
 from gradience.stats.step_size import rank_slope
 
 HYP = HypothesisConfig()
@@ -55,9 +55,10 @@ def test_beating_a_smaller_seed_rule_shuffle_but_tying_the_matched_one_is_no_rea
     assert seed_rule.param_ratio == pytest.approx(100_000 / 60_000)
     assert matched.param_ratio == pytest.approx(1.0)
     assert seed_rule.mean_diff == pytest.approx(0.015, abs=0.003)
-    assert seed_rule.holm_p < HYP.alpha  # taken alone, the seed's rule would "pass"
+    assert seed_rule.paired_t.p < HYP.alpha  # taken alone, the seed's rule would "pass"
+    assert not seed_rule.primary and seed_rule.outcome is None  # secondary: decides nothing
     assert analysis.verdict.label != "real_mechanism"
-    assert any("disagree" in r and "capacity" in r for r in analysis.verdict.reasons)
+    assert any("secondary" in r and "capacity" in r for r in analysis.verdict.reasons)
     for contrast in analysis.contrasts.values():
         assert contrast.param_ratio is not None
 
@@ -90,7 +91,7 @@ def test_heterogeneity_only_needs_per_layer_to_beat_uniform_matched():
     assert tied_uniform.verdict.label == "compression_only"
     no_uniform = analyze(build_results(_accuracies(means)), HYP)
     assert no_uniform.verdict.label == "compression_only"
-    assert "placement does not" in no_uniform.verdict.reasons[0]
+    assert "not tested" in no_uniform.verdict.reasons[0]
 
 
 def test_every_verdict_names_its_alpha_policy():

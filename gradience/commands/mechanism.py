@@ -7,12 +7,13 @@ import shlex
 import sys
 from typing import Any
 
+from gradience.commands import power
 from gradience.commands.interrupts import INTERRUPTED_EXIT_CODE, second_interrupt_exits
 from gradience.errors import GradienceError
 
 
 def register(commands: argparse._SubParsersAction) -> None:
-    """Add ``run`` and ``status`` to the ``mechanism`` group."""
+    """Add ``run``, ``status`` and ``power`` (commands.power) to the ``mechanism`` group."""
     run = commands.add_parser(
         "run",
         help="run (or resume) the mechanism test: probe, audit, variants, eval, for every seed",
@@ -39,6 +40,21 @@ def register(commands: argparse._SubParsersAction) -> None:
         "that have just made it, as experiments/run_mechanism_test.sh does in its checks",
     )
     run.add_argument(
+        "--until-decided",
+        action="store_true",
+        help="sequential seeds: run the first hypothesis.min_seeds (3) seeds of train.seeds, then "
+        "add one at a time until every primary contrast is decided or --max-seeds is reached "
+        "(group-sequential boundaries keep the family-wise error at hypothesis.alpha across the "
+        "looks; gradience.stats.sequential). Rerun the same command to resume",
+    )
+    run.add_argument(
+        "--max-seeds",
+        type=int,
+        metavar="N",
+        help="with --until-decided: the last look (default: hypothesis.max_seeds, else all of "
+        "train.seeds); the boundaries depend on it, so keep it when resuming",
+    )
+    run.add_argument(
         "--fresh",
         action="store_true",
         help="start afresh when DIR holds an earlier run: move it aside to DIR.replaced-<time> "
@@ -55,6 +71,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     )
     status.add_argument("run_dir", metavar="DIR", help="a run folder written by 'mechanism run'")
     status.set_defaults(handler=status_command)
+
+    power.register(commands)
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -76,6 +94,12 @@ def configured(args: argparse.Namespace) -> Any:
     cfg = load_config(args.config, required=RUN_REQUIRED).model_copy(deep=True)
     if args.seeds:
         cfg.train.seeds = parse_seeds(args.seeds)
+    sequential = getattr(args, "until_decided", False) or cfg.hypothesis.until_decided
+    if getattr(args, "max_seeds", None) is not None and not sequential:
+        raise GradienceError(
+            "only means something with --until-decided (or hypothesis.until_decided)",
+            field="--max-seeds",
+        )
     if args.output:
         cfg.env.output_base_dir = args.output
     if args.executor:
@@ -98,8 +122,25 @@ def run_command(args: argparse.Namespace) -> int:
         resource_report(cfg, cfg.env.output_base_dir, config_path=args.config, emit=print)
     with second_interrupt_exits():
         try:
-            with progress_view(job_ids(cfg)) as view:
-                run = run_mechanism_test(cfg, cfg.env.output_base_dir, sink=view, fresh=args.fresh)
+            if args.until_decided or cfg.hypothesis.until_decided:
+                from gradience.experiment.sequential import run_until_decided, sequential_config
+
+                cap = sequential_config(cfg, args.max_seeds).hypothesis.max_seeds
+                planned = cfg.model_copy(deep=True)
+                planned.train.seeds = planned.train.seeds[:cap]
+                with progress_view(job_ids(planned)) as view:
+                    run = run_until_decided(
+                        cfg,
+                        cfg.env.output_base_dir,
+                        max_seeds=args.max_seeds,
+                        sink=view,
+                        fresh=args.fresh,
+                    )
+            else:
+                with progress_view(job_ids(cfg)) as view:
+                    run = run_mechanism_test(
+                        cfg, cfg.env.output_base_dir, sink=view, fresh=args.fresh
+                    )
         except KeyboardInterrupt:
             print(
                 "gradience: interrupted; finished jobs are kept and an unfinished one restarts "
@@ -123,7 +164,10 @@ def resume_command(args: argparse.Namespace, cfg: Any) -> str:
     """The command that resumes this run (never with --fresh: that would move it aside)."""
     words = ["gradience", "mechanism", "run", "--config", str(args.config)]
     words += ["--output", str(cfg.env.output_base_dir)]
+    if getattr(args, "until_decided", False):
+        words.append("--until-decided")
     for flag, value in (
+        ("--max-seeds", getattr(args, "max_seeds", None)),
         ("--seeds", args.seeds),
         ("--executor", args.executor),
         ("--ray-address", args.ray_address),

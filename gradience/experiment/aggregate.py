@@ -22,6 +22,7 @@ from gradience.io import read_model, write_model
 from gradience.ranks.controls import rank_histogram
 from gradience.results import (
     AggregatedResults,
+    AuditResult,
     BaseModelEval,
     EvalResult,
     Failure,
@@ -64,6 +65,9 @@ def seed_states(ctx: plan.RunContext, seed: int) -> tuple[dict[str, VariantState
         if blocked is not None:
             states[variant] = blocked
             continue
+        if variant in plan.CROSS_SEED:
+            states[variant] = crossseed_state(ctx, seed, variant)
+            continue
         path = plan.ranks_file(ctx.run_dir, seed, variant)
         if not path.is_file():
             states[variant] = VariantState("pending", f"no rank pattern yet ({path.name})")
@@ -73,16 +77,37 @@ def seed_states(ctx: plan.RunContext, seed: int) -> tuple[dict[str, VariantState
     return states, stop
 
 
+def crossseed_state(ctx: plan.RunContext, seed: int, variant: str) -> VariantState:
+    """A cross-seed truncation's state: it also waits for its rank source's audit, and it is
+    current only for that audit's per_layer ranks as they are now (``ranks/per_layer.json``)."""
+    source = plan.rank_source_seed(ctx.cfg, seed, variant)
+    block = upstream_block(ctx, source, train_eval_state(ctx, source, plan.PROBE, None))
+    if block is not None:  # never "gated": that would exclude this seed, which passed its gate
+        status: JobStatus = "pending" if block.status == "pending" else "skipped"
+        return VariantState(status, f"its ranks come from seed {source}'s audit: {block.error}")
+    path = plan.ranks_file(ctx.run_dir, source, "per_layer")
+    if not path.is_file():
+        return VariantState("pending", f"no rank pattern yet (seed {source}'s {path.name})")
+    ranks = read_model(path, RankPattern).ranks
+    return train_eval_state(ctx, seed, variant, ranks, rank_source=source)
+
+
 def train_eval_state(
-    ctx: plan.RunContext, seed: int, variant: str, ranks: dict[str, int] | None
+    ctx: plan.RunContext,
+    seed: int,
+    variant: str,
+    ranks: dict[str, int] | None,
+    rank_source: int | None = None,
 ) -> VariantState:
+    """``ranks``: the ones the job's inputs hash holds (a cross-seed variant's: its
+    ``rank_source`` seed's per_layer ranks)."""
     folder = plan.job_dir(ctx.run_dir, seed, variant)
     record = read_record(folder)
     ranks_path = plan.ranks_file(ctx.run_dir, seed, variant)
     ranks_file = ranks_path.relative_to(ctx.run_dir).as_posix() if ranks_path.is_file() else None
     if record is None:
         return VariantState("pending", "not started", ranks_file=ranks_file)
-    if record.inputs_hash != variant_inputs_hash(ctx, seed, variant, ranks):
+    if record.inputs_hash != variant_inputs_hash(ctx, seed, variant, ranks, rank_source):
         return VariantState("pending", "stale: ran with other inputs", ranks_file=ranks_file)
     if record.status == "failed":
         return VariantState("failed", record.error, ranks_file=ranks_file)
@@ -161,7 +186,8 @@ def seed_status(states: dict[str, VariantState]) -> str:
         return "done"
     if "gated" in statuses:
         return "gated"
-    if states[plan.PROBE].status != "done" or statuses - {"done"} == {"skipped"}:
+    others = [state.status for name, state in states.items() if name != plan.PROBE]
+    if states[plan.PROBE].status != "done" or (others and set(others) == {"skipped"}):
         return "failed"
     return "partial"
 
@@ -229,7 +255,18 @@ def aggregate(ctx: plan.RunContext) -> AggregatedResults:
         gated_seeds=gated_seeds,
         paired_init=ctx.cfg.lora.paired_init,
         base_model=base_model_eval(ctx, item_ids or []),
+        module_costs=module_costs(ctx),
     )
+
+
+def module_costs(ctx: plan.RunContext) -> dict[str, int] | None:
+    """LoRA parameters per rank (d_in + d_out) of every audited module, from the first audit."""
+    for seed in ctx.cfg.train.seeds:
+        path = plan.audit_file(ctx.run_dir, seed)
+        if path.is_file():
+            audit = read_model(path, AuditResult)
+            return {m.name: m.d_in + m.d_out for m in audit.modules}
+    return None
 
 
 def base_model_eval(ctx: plan.RunContext, item_ids: list[str]) -> BaseModelEval | None:
@@ -257,13 +294,15 @@ def variant_run(state: VariantState, folder: Path, item_ids: list[str]) -> Varia
         trainable_params=state.train.trainable_params,
         ranks_file=state.ranks_file or "",
         item_correct=item_correct(folder / "predictions.jsonl", item_ids),
+        item_strict_correct=item_correct(folder / "predictions.jsonl", item_ids, strict=True),
         ranks=dict(state.train.ranks),
         update_norms=dict(state.train.update_norms) or None,
     )
 
 
-def item_correct(path: Path, item_ids: list[str]) -> list[int]:
-    """0/1 per eval item in ``item_ids`` order, from the job's predictions.jsonl."""
+def item_correct(path: Path, item_ids: list[str], strict: bool = False) -> list[int]:
+    """0/1 per eval item in ``item_ids`` order, from the job's predictions.jsonl (``strict``:
+    strict_match's correctness, the number after ``####`` only)."""
     correct: dict[str, bool] = {}
     with path.open(encoding="utf-8") as handle:
         for line_no, line in enumerate(handle, 1):
@@ -275,7 +314,7 @@ def item_correct(path: Path, item_ids: list[str]) -> list[int]:
                 raise GradienceError(
                     f"line {line_no} is not a prediction record: {error}", path=path
                 ) from None
-            correct[prediction.id] = prediction.correct
+            correct[prediction.id] = prediction.strict_correct if strict else prediction.correct
     missing = [item for item in item_ids if item not in correct]
     if missing:
         raise GradienceError(f"no prediction for eval item(s) {missing[:3]}", path=path)

@@ -3,7 +3,8 @@
 Both run the very same job functions; only the plumbing differs. ``local`` calls them in
 order in this process (the task data is loaded once and shared; events go straight to the
 progress view). ``ray`` submits every job as a task, wiring each seed's DAG with object
-refs (probe -> audit -> variants); Ray decides where and when each runs:
+refs (probe -> audit -> variants, and a cross-seed truncation also on the audit of the seed
+its ranks come from); Ray decides where and when each runs:
 
 * every train+eval task takes one GPU when the cluster has GPUs, and runs in a fresh worker
   process (``max_calls=1``): a reused worker would keep the previous job's CUDA context and
@@ -56,26 +57,35 @@ def run_locally(
         from gradience.experiment.parallel import run_seeds_in_workers
 
         return run_seeds_in_workers(ctx, task_data, sink)
-    outcomes: dict[str, JobOutcome] = {}
     with reusing_base_model(reuse_base_model(ctx.cfg, "local")):
-        for seed in seeds:
-            outcomes.update(run_seed(ctx, seed, task_data, sink))
-    return outcomes
+        return run_schedule(ctx, task_data, sink)
 
 
-def run_seed(
-    ctx: plan.RunContext, seed: int, task_data: TaskData, sink: EventSink | None = None
+def run_schedule(
+    ctx: plan.RunContext, task_data: TaskData, sink: EventSink | None = None
 ) -> dict[str, JobOutcome]:
-    """One seed's jobs in order (probe, gate + audit, each variant), then its bench."""
+    """Every job in :func:`plan.local_schedule` order (per seed: probe, gate + audit, each
+    variant; a cross-seed truncation once its rank source's audit has run too); a seed's
+    bench is written when its last job has finished."""
     from gradience.experiment.aggregate import write_seed_bench
 
-    probe = probe_job(ctx, seed, task_data, sink)
-    audit = audit_job(ctx, seed, probe, sink)
-    outcomes = {probe.job: probe, audit.job: audit}
-    for variant in plan.trained_variants(ctx.cfg)[1:]:
-        outcome = variant_job(ctx, seed, variant, audit, task_data, sink)
+    schedule = plan.local_schedule(ctx.cfg)
+    left = {seed: sum(1 for s, _ in schedule if s == seed) for seed in ctx.cfg.train.seeds}
+    probes: dict[int, JobOutcome] = {}
+    audits: dict[int, JobOutcome] = {}
+    outcomes: dict[str, JobOutcome] = {}
+    for seed, name in schedule:
+        if name == plan.PROBE:
+            outcome = probes[seed] = probe_job(ctx, seed, task_data, sink)
+        elif name == plan.AUDIT:
+            outcome = audits[seed] = audit_job(ctx, seed, probes[seed], sink)
+        else:
+            source = audits.get(plan.rank_source_seed(ctx.cfg, seed, name))
+            outcome = variant_job(ctx, seed, name, audits[seed], task_data, sink, source)
         outcomes[outcome.job] = outcome
-    write_seed_bench(ctx, seed)
+        left[seed] -= 1
+        if left[seed] == 0:
+            write_seed_bench(ctx, seed)
     return outcomes
 
 
@@ -225,17 +235,25 @@ def submit_jobs(
     audit_task = ray.remote(num_cpus=1)(audit_job)
     variant_task = ray.remote(max_calls=1, **train_eval)(variant_job)
     data_ref = ray.put(task_data)
+    probes = {seed: probe_task.remote(ctx, seed, data_ref) for seed in ctx.cfg.train.seeds}
+    audits = {seed: audit_task.remote(ctx, seed, probes[seed]) for seed in ctx.cfg.train.seeds}
     refs: dict[str, Any] = {}
     for seed in ctx.cfg.train.seeds:
-        probe_ref = probe_task.remote(ctx, seed, data_ref)
-        audit_ref = audit_task.remote(ctx, seed, probe_ref)
-        refs[plan.job_id(seed, plan.PROBE)] = probe_ref
-        refs[plan.job_id(seed, plan.AUDIT)] = audit_ref
+        refs[plan.job_id(seed, plan.PROBE)] = probes[seed]
+        refs[plan.job_id(seed, plan.AUDIT)] = audits[seed]
         for variant in plan.trained_variants(ctx.cfg)[1:]:
+            source = rank_source_ref(ctx, seed, variant, audits)
             refs[plan.job_id(seed, variant)] = variant_task.remote(
-                ctx, seed, variant, audit_ref, data_ref
+                ctx, seed, variant, audits[seed], data_ref, None, source
             )
     return refs
+
+
+def rank_source_ref(ctx: plan.RunContext, seed: int, variant: str, audits: dict[int, Any]) -> Any:
+    """The audit a cross-seed variant also waits for (its ranks' source), None for the others."""
+    if variant not in plan.CROSS_SEED:
+        return None
+    return audits[plan.rank_source_seed(ctx.cfg, seed, variant)]
 
 
 def submit_shipped_jobs(
@@ -251,19 +269,22 @@ def submit_shipped_jobs(
     audit_task = ray.remote(num_cpus=1)(shipping.shipped_audit)
     variant_task = ray.remote(max_calls=1, **train_eval)(shipping.shipped_variant)
     data_ref = ray.put(task_data)
-    refs: dict[str, Any] = {}
+    probes, audits = {}, {}
     for seed in ctx.cfg.train.seeds:
         probe_files = shipping.pack(ctx.run_dir, shipping.train_eval_owned(seed, plan.PROBE))
-        probe_ref = probe_task.remote(ctx, seed, data_ref, probe_files)
-        audit_files = shipping.pack(ctx.run_dir, shipping.audit_owned(seed))
-        audit_ref = audit_task.remote(ctx, seed, probe_ref, audit_files)
-        refs[plan.job_id(seed, plan.PROBE)] = probe_ref
-        refs[plan.job_id(seed, plan.AUDIT)] = audit_ref
+        probes[seed] = probe_task.remote(ctx, seed, data_ref, probe_files)
+        audit_files = shipping.pack(ctx.run_dir, shipping.audit_owned(seed, ctx.cfg))
+        audits[seed] = audit_task.remote(ctx, seed, probes[seed], audit_files)
+    refs: dict[str, Any] = {}
+    for seed in ctx.cfg.train.seeds:
+        refs[plan.job_id(seed, plan.PROBE)] = probes[seed]
+        refs[plan.job_id(seed, plan.AUDIT)] = audits[seed]
         for variant in plan.trained_variants(ctx.cfg)[1:]:
             files = shipping.pack(ctx.run_dir, shipping.train_eval_owned(seed, variant))
-            probe = probe_ref if variant in plan.TRUNCATED else None
+            probe = probes[seed] if variant in plan.TRUNCATED else None
+            source = rank_source_ref(ctx, seed, variant, audits)
             refs[plan.job_id(seed, variant)] = variant_task.remote(
-                ctx, seed, variant, audit_ref, data_ref, files, probe
+                ctx, seed, variant, audits[seed], data_ref, files, probe, source
             )
     return refs
 

@@ -104,16 +104,45 @@ def variant_job(
     audit: JobOutcome,
     task_data: TaskData,
     sink: EventSink | None = None,
+    source: JobOutcome | None = None,
 ) -> JobOutcome:
-    """Train and evaluate one variant at the ranks the audit job chose for it."""
+    """Train and evaluate one variant at the ranks the audit job chose for it.
+
+    A cross-seed variant (``plan.CROSS_SEED``) also takes ``source``, the outcome of the audit
+    of the seed its ranks come from (:func:`plan.rank_source_seed`): it is cut to that audit's
+    per_layer ranks (or their within-type shuffle), and skipped if that audit did not finish.
+    """
     job = plan.job_id(seed, variant)
     if not audit.ok or audit.ranks is None:
-        outcome = JobOutcome(job, "skipped", f"not run: {audit.job} {audit.status}")
-        emit(sink, job, "finished", status=outcome.status, message=outcome.message)
-        return outcome
+        return skipped(sink, job, f"not run: {audit.job} {audit.status}")
+    if variant not in plan.CROSS_SEED:
+        return train_eval_job(
+            ctx, seed, variant, audit.ranks[variant], task_data, sink, audit.eval_batch_size
+        )
+    source_seed = plan.rank_source_seed(ctx.cfg, seed, variant)
+    source_job = plan.job_id(source_seed, plan.AUDIT)
+    if source is None or source.job != source_job:
+        raise ValueError(f"{job} needs the outcome of {source_job}, its ranks' source")
+    if not source.ok or source.ranks is None:
+        return skipped(
+            sink, job, f"not run: its ranks come from {source.job}, which is {source.status}"
+        )
     return train_eval_job(
-        ctx, seed, variant, audit.ranks[variant], task_data, sink, audit.eval_batch_size
+        ctx,
+        seed,
+        variant,
+        source.ranks["per_layer"],
+        task_data,
+        sink,
+        audit.eval_batch_size,
+        rank_source=source_seed,
     )
+
+
+def skipped(sink: EventSink | None, job: str, message: str) -> JobOutcome:
+    outcome = JobOutcome(job, "skipped", message)
+    emit(sink, job, "finished", status=outcome.status, message=outcome.message)
+    return outcome
 
 
 def train_eval_job(
@@ -124,17 +153,23 @@ def train_eval_job(
     task_data: TaskData,
     sink: EventSink | None = None,
     eval_batch_size: int | None = None,
+    rank_source: int | None = None,
 ) -> JobOutcome:
     """Train (unless this job's training already finished) and evaluate; skip if all done.
 
     ``eval_batch_size``: the seed's generation batch size as its probe chose it (None: this
     job chooses, see :func:`~gradience.experiment.trained.job_batch_size`).
+    ``rank_source``: for a cross-seed truncation, the seed whose audit chose ``ranks`` (its
+    per_layer ranks); the job derives its own pattern from them and writes its rank file.
     """
     job = plan.job_id(seed, variant)
     folder = plan.job_dir(ctx.run_dir, seed, variant)
-    inputs = variant_inputs_hash(ctx, seed, variant, ranks)
+    inputs = variant_inputs_hash(ctx, seed, variant, ranks, rank_source)
     previous = read_record(folder)
-    if train_eval_finished(previous, inputs, folder, gated_probe(ctx, variant)):
+    own_ranks = plan.ranks_file(ctx.run_dir, seed, variant)
+    if train_eval_finished(previous, inputs, folder, gated_probe(ctx, variant)) and (
+        rank_source is None or own_ranks.is_file()
+    ):
         outcome = reused_train_eval(job, folder, previous)
         emit(sink, job, "finished", status="reused", exact_match=outcome.exact_match)
         return outcome
@@ -155,6 +190,8 @@ def train_eval_job(
     quiet_library_progress()
     model = None
     try:
+        if rank_source is not None and ranks is not None:
+            ranks = write_crossseed_ranks(ctx, seed, variant, rank_source, ranks)
         if not training_finished(clock.record, folder):
             if variant in plan.TRUNCATED and ranks is not None:
                 model = truncate_probe(ctx, seed, variant, ranks, folder)
@@ -195,24 +232,46 @@ def train_eval_job(
 
 
 def variant_inputs_hash(
-    ctx: plan.RunContext, seed: int, variant: str, ranks: Mapping[str, int] | None
+    ctx: plan.RunContext,
+    seed: int,
+    variant: str,
+    ranks: Mapping[str, int] | None,
+    rank_source: int | None = None,
 ) -> str:
     """A train+eval job's inputs hash; a truncation of the probe also depends on the probe's
-    adapter bytes (a retrained probe must be truncated again)."""
+    adapter bytes (a retrained probe must be truncated again). For a cross-seed truncation
+    ``ranks`` are ``rank_source``'s per_layer ranks (its pattern is a function of them, of this
+    seed and of this probe's modules), so a changed upstream audit redoes the job."""
     upstream = None
     if variant in plan.TRUNCATED:
         probe = read_record(plan.job_dir(ctx.run_dir, seed, plan.PROBE))
         upstream = probe.output_digest if probe is not None else None
-    return plan.train_inputs_hash(ctx.cfg, seed, variant, ranks, ctx.identity, upstream)
+    return plan.train_inputs_hash(
+        ctx.cfg, seed, variant, ranks, ctx.identity, upstream, rank_source
+    )
+
+
+def write_crossseed_ranks(
+    ctx: plan.RunContext,
+    seed: int,
+    variant: str,
+    source_seed: int,
+    source_ranks: Mapping[str, int],
+) -> dict[str, int]:
+    """The cross-seed variant's pattern on this seed's modules (its audit.json), written to
+    ``ranks/<variant>.json``; returns its ranks."""
+    from gradience.experiment.variants import crossseed_patterns
+    from gradience.results import AuditResult
+
+    audit = read_model(plan.audit_file(ctx.run_dir, seed), AuditResult)
+    pattern = crossseed_patterns(audit, source_ranks, ctx.cfg, seed, source_seed)[variant]
+    write_model(plan.ranks_file(ctx.run_dir, seed, variant), pattern)
+    return dict(pattern.ranks)
 
 
 def evaluates_base_model(ctx: plan.RunContext, seed: int, variant: str) -> bool:
     """The first seed's probe job also scores the base model (greedy: the same for any seed)."""
-    return (
-        variant == plan.PROBE
-        and ctx.cfg.task.eval_base_model
-        and seed == ctx.cfg.train.seeds[0]
-    )
+    return variant == plan.PROBE and ctx.cfg.task.eval_base_model and seed == ctx.cfg.train.seeds[0]
 
 
 def gated_probe(ctx: plan.RunContext, variant: str) -> bool:
@@ -325,7 +384,7 @@ def audit_job(
     folder = plan.job_dir(ctx.run_dir, seed, plan.AUDIT)
     inputs = plan.audit_inputs_hash(ctx.cfg, seed, probe.output_digest)
     previous = read_record(folder)
-    variants = plan.trained_variants(ctx.cfg)
+    variants = plan.audit_variants(ctx.cfg)
     if audit_finished(previous, inputs, ctx, seed, variants):
         ranks = {
             v: read_model(plan.ranks_file(ctx.run_dir, seed, v), RankPattern).ranks

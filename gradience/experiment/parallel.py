@@ -1,11 +1,13 @@
 """Jobs in parallel on one machine: the local executor with ``env.workers`` > 1.
 
-A seed's jobs depend on each other (probe -> audit -> variants) but seeds do not. The parent
-process keeps the seeds' DAGs and hands ready jobs to ``env.workers`` worker processes, never
-more than one job per worker at a time, so it can choose what runs next: audits first (they
-unlock a seed's variants), then probes, trained variants, and evaluation-only truncations
-last (short jobs fill the end). Scheduling jobs rather than whole seeds keeps both cores busy
-when the seeds do not divide evenly among the workers. On a small CPU this is the faster use
+A seed's jobs depend on each other (probe -> audit -> variants) and, through the truncation
+arm's cross-seed variants only, on the audit of the seed their ranks come from (a job is ready
+once both audits have finished). The parent process keeps the seeds' DAGs and hands ready
+jobs to ``env.workers`` worker processes, never more than one job per worker at a time, so
+it can choose what runs next: audits first (they unlock a seed's variants), then probes,
+trained variants, and evaluation-only truncations last (short jobs fill the end). Scheduling
+jobs rather than whole seeds keeps both cores busy when the seeds do not divide evenly among
+the workers. On a small CPU this is the faster use
 of the cores: a 1 M-parameter model's matrices are too small for two threads to help much
 (one LoRA step at batch 8 gains about 1.1x from a second thread), while two one-thread
 processes do twice the work.
@@ -72,20 +74,20 @@ def run_seeds_in_workers(
     running: dict[Any, Job] = {}
     left = {seed: len(variants) + 2 for seed in seeds}  # probe, audit, variants
     outcomes: dict[str, JobOutcome] = {}
+    audits: dict[int, JobOutcome] = {}
     try:
         while ready or running:
             ready.sort()
             while ready and len(running) < workers:
                 job = ready.pop(0)
-                running[
-                    pool.apply_async(_run_job, (job.kind, job.seed, job.variant, job.upstream))
-                ] = job
+                args = (job.kind, job.seed, job.variant, job.upstream, job.source)
+                running[pool.apply_async(_run_job, args)] = job
             _forward_events(events, sink, timeout=POLL_S)
             for result in [r for r in running if r.ready()]:
                 job = running.pop(result)
                 outcome = result.get()  # a worker's own crash is re-raised here
                 outcomes[outcome.job] = outcome
-                ready += _unlocked(job, outcome, variants)
+                ready += _unlocked(ctx.cfg, job, outcome, variants, audits)
                 left[job.seed] -= 1
                 if left[job.seed] <= 0:
                     write_seed_bench(ctx, job.seed)
@@ -124,28 +126,45 @@ class Job:
     seed: int = field(compare=False)
     variant: str | None = field(default=None, compare=False)
     upstream: JobOutcome | None = field(default=None, compare=False)
+    #: A cross-seed variant's second upstream: the audit of the seed its ranks come from.
+    source: JobOutcome | None = field(default=None, compare=False)
 
 
-def _unlocked(job: Job, outcome: JobOutcome, variants: list[str]) -> list[Job]:
+def _unlocked(
+    cfg: Any, job: Job, outcome: JobOutcome, variants: list[str], audits: dict[int, JobOutcome]
+) -> list[Job]:
     """The jobs that ``job`` finishing makes ready: a probe's audit, an audit's variants.
 
+    ``audits`` (updated here) holds every finished audit: a cross-seed variant is ready when
+    the later of its two audits (its seed's, its rank source's) finishes, so exactly once.
     A failed or gated upstream still hands its outcome down: the downstream job records
     itself as skipped, exactly as in one process."""
     if job.kind == "probe":
         return [Job(AUDIT_PRIORITY, job.order, "audit", job.seed, upstream=outcome)]
-    if job.kind == "audit":
-        return [
-            Job(
-                TRUNCATED_PRIORITY if variant in plan.TRUNCATED else VARIANT_PRIORITY,
-                job.order,
-                "variant",
-                job.seed,
-                variant,
-                outcome,
-            )
-            for variant in variants
-        ]
-    return []
+    if job.kind != "audit":
+        return []
+    audits[job.seed] = outcome
+    seeds = list(cfg.train.seeds)
+    jobs = [
+        _variant(job.order, job.seed, variant, outcome)
+        for variant in variants
+        if variant not in plan.CROSS_SEED
+    ]
+    for seed in seeds:
+        for variant in (v for v in variants if v in plan.CROSS_SEED):
+            source = plan.rank_source_seed(cfg, seed, variant)
+            if job.seed in (seed, source) and seed in audits and source in audits:
+                jobs.append(
+                    _variant(seeds.index(seed), seed, variant, audits[seed], audits[source])
+                )
+    return jobs
+
+
+def _variant(
+    order: int, seed: int, variant: str, audit: JobOutcome, source: JobOutcome | None = None
+) -> Job:
+    priority = TRUNCATED_PRIORITY if variant in plan.TRUNCATED else VARIANT_PRIORITY
+    return Job(priority, order, "variant", seed, variant, audit, source)
 
 
 def _forward_events(events: Any, sink: EventSink | None, timeout: float) -> None:
@@ -190,7 +209,13 @@ def _send(event: JobEvent) -> None:
     _WORKER["events"].put(event)
 
 
-def _run_job(kind: str, seed: int, variant: str | None, upstream: JobOutcome | None) -> JobOutcome:
+def _run_job(
+    kind: str,
+    seed: int,
+    variant: str | None,
+    upstream: JobOutcome | None,
+    source: JobOutcome | None = None,
+) -> JobOutcome:
     from gradience.experiment.jobs import audit_job, probe_job, variant_job
 
     ctx, task_data = _WORKER["ctx"], _WORKER["task_data"]
@@ -200,4 +225,4 @@ def _run_job(kind: str, seed: int, variant: str | None, upstream: JobOutcome | N
         assert upstream is not None
         return audit_job(ctx, seed, upstream, _send)
     assert variant is not None and upstream is not None
-    return variant_job(ctx, seed, variant, upstream, task_data, _send)
+    return variant_job(ctx, seed, variant, upstream, task_data, _send, source)

@@ -9,19 +9,22 @@ variant's rank pattern; train+eval each variant (see :mod:`gradience.experiment.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from gradience.config import ExperimentConfig
+from gradience.errors import GradienceError
 from gradience.experiment import plan
 from gradience.experiment.aggregate import write_results
 from gradience.experiment.executors import run_locally, run_on_ray
 from gradience.experiment.jobs import EventSink, JobOutcome, emit
 from gradience.experiment.runfolder import CONFIG_FILE, open_run_folder
 from gradience.io import write_text_atomic
-from gradience.results import AggregatedResults
+from gradience.results import SCHEMA_VERSION, AggregatedResults
+from gradience.stats.registered import PLAN_FILE, analysis_plan, plan_differences, plan_hash
 
 
 @dataclass(frozen=True)
@@ -73,6 +76,7 @@ def run_mechanism_test(
         if folder.moved_aside is not None:
             emit(sink, "", "message", text=f"moved the earlier run to {folder.moved_aside}")
         save_config(ctx)
+        register_plan(ctx, sink)
         task_data = load_task_data(cfg)
         if (executor or cfg.env.executor) == "ray":
             outcomes = run_on_ray(ctx, task_data, sink, ray_address or cfg.env.ray_address)
@@ -85,6 +89,37 @@ def save_config(ctx: plan.RunContext) -> Path:
     """The validated config (defaults and command-line overrides included) as RUN/config.yaml."""
     text = yaml.safe_dump(ctx.cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
     return write_text_atomic(ctx.run_dir / CONFIG_FILE, text)
+
+
+def register_plan(ctx: plan.RunContext, sink: EventSink | None = None) -> Path:
+    """Write RUN/analysis_plan.json before any seed trains; a plan already there stands.
+
+    The verdict is to be decided the way the run said it would be before its data existed: a
+    rerun with other hypothesis settings keeps the first plan (and says so), and an analysis
+    whose settings differ from it says so in its first line.
+    """
+    cfg = ctx.cfg
+    current = analysis_plan(cfg.hypothesis, cfg.compression.variants, len(cfg.train.seeds))
+    path = ctx.run_dir / PLAN_FILE
+    if path.is_file():
+        try:
+            registered = json.loads(path.read_text(encoding="utf-8"))["plan"]
+        except (ValueError, KeyError, TypeError):
+            raise GradienceError(
+                "not a registered analysis plan", path=path, field="plan"
+            ) from None
+        if plan_hash(registered) != plan_hash(current):
+            emit(
+                sink,
+                "",
+                "message",
+                text=f"the analysis plan registered before this run's data stands "
+                f"({plan_hash(registered)}); these settings differ: "
+                + "; ".join(plan_differences(registered, current)),
+            )
+        return path
+    data = {"schema_version": SCHEMA_VERSION, "plan_hash": plan_hash(current), "plan": current}
+    return write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def load_task_data(cfg: ExperimentConfig):  # -> gradience.tasks.TaskData

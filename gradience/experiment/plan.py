@@ -6,13 +6,19 @@ Per seed the jobs form a small DAG::
         -> seed_<s>/audit   probe gate, audit the probe adapter, rank patterns for every variant
             -> seed_<s>/<variant>   train + eval, one job per variant (independent of each other)
 
+with one edge across seeds: the truncation arm's placement pair (``CROSS_SEED``) cuts seed s's
+probe to the per_layer ranks that *another* seed's audit chose (:func:`rank_source_seed`: the
+next seed of ``train.seeds``, cyclically), so ``seed_<s>/<cross-seed variant>`` also waits for
+``seed_<s'>/audit``, and writes its own rank file (``ranks/<variant>.json``) when it runs.
+
 Layout under the run folder::
 
     config.yaml                       the validated config the run used
     aggregated_results.json
     seed_<s>/bench.json
     seed_<s>/probe/{job.json, adapter/, train_result.json, eval.json, predictions.jsonl, audit.json}
-    seed_<s>/ranks/{job.json, <variant>.json}      (the audit job's folder)
+    seed_<s>/ranks/{job.json, <variant>.json}      (the audit job's folder; a cross-seed
+                                                    variant's own job writes its <variant>.json)
     seed_<s>/<variant>/{job.json, adapter/, train_result.json, eval.json, predictions.jsonl}
 """
 
@@ -25,6 +31,7 @@ from pathlib import Path
 
 from gradience.config import ExperimentConfig, hash_data
 from gradience.errors import GradienceError
+from gradience.results import CROSS_SEED_VARIANTS, TRUNCATED_VARIANTS
 from gradience.train.identity import training_identity_hash
 
 PROBE = "probe"
@@ -32,7 +39,12 @@ AUDIT = "audit"
 RANKS_DIR = "ranks"
 SHUFFLED_K = "per_layer_shuffled_k"
 #: Variants made by truncating the seed's probe (SVD, no retraining), then evaluated.
-TRUNCATED = ("per_layer_truncated", "probe_truncated_shuffled")
+TRUNCATED = TRUNCATED_VARIANTS
+#: Truncations cut to ranks another seed's audit chose: the placement test without retraining.
+#: ``per_layer_truncated`` cuts the probe to the ranks its own audit read off that very
+#: spectrum (energy@τ keeps >= τ of every module's energy by construction), so any shuffle of
+#: them keeps less and loses: it measures what compression costs, never placement.
+CROSS_SEED = CROSS_SEED_VARIANTS
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
 
 
@@ -48,6 +60,36 @@ def trained_variants(cfg: ExperimentConfig) -> list[str]:
         else:
             names.append(variant)
     return names
+
+
+def rank_source_seed(cfg: ExperimentConfig, seed: int, variant: str) -> int:
+    """The seed whose audit chose ``variant``'s ranks for ``seed``: ``seed`` itself, or for the
+    ``CROSS_SEED`` variants the next seed of ``train.seeds`` (the last seed takes the first's)."""
+    if variant not in CROSS_SEED:
+        return seed
+    check_cross_seed(cfg)
+    seeds = list(cfg.train.seeds)
+    return seeds[(seeds.index(seed) + 1) % len(seeds)]
+
+
+def check_cross_seed(cfg: ExperimentConfig) -> None:
+    """A cross-seed variant needs another seed; a config changed after validation (``--seeds``
+    on the command line) is checked again here, before any job runs."""
+    listed = [v for v in cfg.compression.variants if v in CROSS_SEED]
+    if listed and len(cfg.train.seeds) < 2:
+        raise GradienceError(
+            f"compression.variants lists {listed}, which cut each seed's probe to the ranks "
+            "another seed's audit chose (the next seed of train.seeds): they need at least 2 "
+            f"seeds, the run has {list(cfg.train.seeds)}",
+            field="compression.variants",
+        )
+
+
+def audit_variants(cfg: ExperimentConfig) -> list[str]:
+    """The rank patterns a seed's audit writes and hands on: its own trained variants (probe
+    first), and per_layer always (the other seeds' cross-seed variants are cut to it)."""
+    names = [v for v in trained_variants(cfg) if v not in CROSS_SEED]
+    return names if "per_layer" in names else [*names, "per_layer"]
 
 
 def path_component(name: str) -> str:
@@ -83,14 +125,30 @@ def audit_file(run_dir: Path, seed: int) -> Path:
     return seed_dir(run_dir, seed) / PROBE / "audit.json"
 
 
+def local_schedule(cfg: ExperimentConfig) -> list[tuple[int, str]]:
+    """(seed, job name) of every job, in the order the one-process executor runs them.
+
+    Seed by seed: probe, audit, the seed's own variants; a cross-seed variant runs as soon as
+    both audits it needs (its own seed's and its rank source's) have run, so the first seed's
+    waits for the second seed's audit.
+    """
+    variants = trained_variants(cfg)[1:]
+    waiting = [(s, v) for s in cfg.train.seeds for v in variants if v in CROSS_SEED]
+    order: list[tuple[int, str]] = []
+    audited: set[int] = set()
+    for seed in cfg.train.seeds:
+        order += [(seed, PROBE), (seed, AUDIT)]
+        audited.add(seed)
+        order += [(seed, v) for v in variants if v not in CROSS_SEED]
+        ready = [(s, v) for s, v in waiting if {s, rank_source_seed(cfg, s, v)} <= audited]
+        order += ready
+        waiting = [job for job in waiting if job not in ready]
+    return order
+
+
 def job_ids(cfg: ExperimentConfig) -> list[str]:
     """Every job of the run, in the order the local executor runs them."""
-    ids = []
-    for seed in cfg.train.seeds:
-        variants = trained_variants(cfg)
-        ids += [job_id(seed, PROBE), job_id(seed, AUDIT)]
-        ids += [job_id(seed, v) for v in variants[1:]]
-    return ids
+    return [job_id(seed, name) for seed, name in local_schedule(cfg)]
 
 
 def experiment_hash(cfg: ExperimentConfig) -> str:
@@ -111,12 +169,16 @@ def train_inputs_hash(
     ranks: Mapping[str, int] | None,
     identity: str | None = None,
     upstream: str | None = None,
+    rank_source: int | None = None,
 ) -> str:
     """A train+eval job's inputs: training identity, seed, variant and ranks (None = probe).
 
     ``identity`` is :func:`gradience.train.identity.training_identity_hash` of ``cfg`` (settings,
     data file contents, library versions); pass the run's to avoid re-reading data files.
     ``upstream``: the digest of an input adapter the job derives from (the truncation arm's probe).
+    ``rank_source``: for a cross-seed variant, the seed whose audit chose the ranks; ``ranks``
+    are then that audit's per_layer ranks, which the variant's own pattern is derived from, so
+    a changed upstream audit changes the hash and the job is redone.
     """
     return hash_data(
         {
@@ -125,6 +187,7 @@ def train_inputs_hash(
             "variant": variant,
             "ranks": dict(ranks) if ranks is not None else None,
             **({"upstream": upstream} if upstream is not None else {}),
+            **({"rank_source": rank_source} if rank_source is not None else {}),
         }
     )
 
@@ -154,5 +217,6 @@ class RunContext:
     identity: str = field(default="")
 
     def __post_init__(self) -> None:
+        check_cross_seed(self.cfg)
         if not self.identity:
             object.__setattr__(self, "identity", training_identity_hash(self.cfg))

@@ -10,7 +10,9 @@ the run folder:
   stays one; never Trainer checkpoints, which stay on the node that wrote them);
 * the upstream job's :class:`Shipment` arrives through its object ref: the audit gets the
   probe's adapter that way, a truncation the probe's adapter and record, every variant the
-  rank files;
+  rank files (and its seed's audit.json); a cross-seed truncation also gets the outcome of
+  the other seed's audit, whose per_layer ranks it is cut to (only the outcome: no file of
+  that seed enters its scratch folder), and owns its own rank file besides its folder;
 * the task returns a :class:`Shipment`, its outcome and every file it owns, and removes its
   scratch folder.
 
@@ -43,6 +45,7 @@ from gradience.experiment.records import JOB_FILE
 from gradience.io import write_bytes_atomic
 
 if TYPE_CHECKING:
+    from gradience.config import ExperimentConfig
     from gradience.tasks import TaskData
 
 #: Never shipped: Trainer checkpoints (large, node-local by design), the audit's file in the
@@ -67,11 +70,22 @@ class Shipment:
 
 
 def train_eval_owned(seed: int, variant: str) -> list[str]:
-    return [_rel(plan.job_dir(Path(), seed, variant))]
+    """The job's folder; a cross-seed truncation also writes its ``ranks/<variant>.json``."""
+    owned = [_rel(plan.job_dir(Path(), seed, variant))]
+    if variant in plan.CROSS_SEED:
+        owned.append(_rel(plan.ranks_file(Path(), seed, variant)))
+    return owned
 
 
-def audit_owned(seed: int) -> list[str]:
-    return [_rel(plan.job_dir(Path(), seed, plan.AUDIT)), _rel(plan.audit_file(Path(), seed))]
+def audit_owned(seed: int, cfg: ExperimentConfig) -> list[str]:
+    """The audit's record, the rank files it writes (not the cross-seed variants', which their
+    own jobs write into the same folder) and the probe's audit.json."""
+    ranks = plan.job_dir(Path(), seed, plan.AUDIT)
+    return [
+        _rel(ranks / JOB_FILE),
+        *(_rel(plan.ranks_file(Path(), seed, v)) for v in plan.audit_variants(cfg)),
+        _rel(plan.audit_file(Path(), seed)),
+    ]
 
 
 def _rel(path: Path) -> str:
@@ -195,7 +209,7 @@ def shipped_audit(
         ctx,
         inputs,
         [probe],
-        audit_owned(seed),
+        audit_owned(seed, ctx.cfg),
         (),
         lambda c: audit_job(c, seed, probe.outcome),
     )
@@ -209,14 +223,16 @@ def shipped_variant(
     task_data: TaskData,
     inputs: dict[str, bytes],
     probe: Shipment | None = None,
+    source: Shipment | None = None,
 ) -> Shipment:
-    """``probe``: the probe's shipment, for the variants that truncate its adapter."""
-    owned = train_eval_owned(seed, variant)
+    """``probe``: the probe's shipment, for the variants that truncate its adapter;
+    ``source``: the shipment of the audit a cross-seed variant takes its ranks from."""
+    source_outcome = source.outcome if source is not None else None
     return in_scratch(
         ctx,
         inputs,
         [probe, audit],
-        owned,
-        tuple(owned),
-        lambda c: variant_job(c, seed, variant, audit.outcome, task_data),
+        train_eval_owned(seed, variant),
+        (_rel(plan.job_dir(Path(), seed, variant)),),
+        lambda c: variant_job(c, seed, variant, audit.outcome, task_data, None, source_outcome),
     )

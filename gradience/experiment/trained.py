@@ -13,6 +13,7 @@ the job releases its model.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -151,6 +152,11 @@ def truncate_probe(
     Writes ``adapter/`` (with ``compress.json``) and a ``train_result.json`` with 0 steps,
     the adapter's parameter count and update norms, so that aggregation and the report treat
     it like any variant; then loads it for evaluation (unmerged, like every variant).
+
+    Each module keeps the probe's scaling s at its smaller rank k. ``scalings`` records the s
+    the loaded adapter applies (PEFT's ``module.scaling``), ``alphas`` the α it carries for
+    it (s·k, or s·√k with rsLoRA: whatever the adapter's config says), both read from the
+    loaded model and checked against what the truncation meant to write.
     """
     import shutil
     import time
@@ -169,25 +175,70 @@ def truncate_probe(
     shutil.rmtree(folder / "adapter", ignore_errors=True)
     staging.rename(folder / "adapter")
     model = load_trained(ctx, folder)
-    alphas = {m.name: m.output_scaling * m.rank for m in compressed.modules}
-    write_model(
-        folder / "train_result.json",
-        TrainResult(
-            seed=seed,
-            variant=variant,
-            base_model=ctx.cfg.model.name,
-            ranks=dict(ranks),
-            alphas=alphas,
-            alpha_policy=f"{ctx.cfg.lora.alpha_policy} (probe's scaling kept by the truncation)",
-            trainable_params=compressed.params_after,
-            steps=0,
-            tokens=0,
-            wall_time_s=time.perf_counter() - started,
-            versions=library_versions(),
-            config_hash=ctx.cfg.config_hash(),
-            update_norms=update_norms(model.model),
-            truncated_from=str(probe_adapter),
-            kept_energy={m.name: m.kept_energy for m in compressed.modules},
-        ),
-    )
+    try:  # a failure here gives the borrowed base model back before it propagates
+        scalings, alphas = loaded_scalings(model.model, {m.name: m for m in compressed.modules})
+        write_model(
+            folder / "train_result.json",
+            TrainResult(
+                seed=seed,
+                variant=variant,
+                base_model=ctx.cfg.model.name,
+                ranks=dict(ranks),
+                alphas=alphas,
+                alpha_policy=f"{ctx.cfg.lora.alpha_policy} (probe's scaling kept by the truncation)",
+                scalings=scalings,
+                trainable_params=compressed.params_after,
+                steps=0,
+                tokens=0,
+                wall_time_s=time.perf_counter() - started,
+                versions=library_versions(),
+                config_hash=ctx.cfg.config_hash(),
+                update_norms=update_norms(model.model),
+                truncated_from=str(probe_adapter),
+                kept_energy={m.name: m.kept_energy for m in compressed.modules},
+            ),
+        )
+    except BaseException:
+        model.release()
+        raise
     return model
+
+
+def loaded_scalings(
+    peft_model: Any, intended: Mapping[str, Any]
+) -> tuple[dict[str, float], dict[str, float]]:
+    """Each module's (scaling, lora_alpha) as the loaded PEFT model applies them.
+
+    ``intended``: the truncation's ModuleCompression records by module name; a module whose
+    loaded rank or scaling differs from them (relative 1e-6: α is rounded once through a
+    float) stops the job, so a recorded scaling is always the one the evaluation used.
+    """
+    from gradience.errors import GradienceError
+    from gradience.train.lora_build import ADAPTER_NAME, lora_layers
+
+    scalings: dict[str, float] = {}
+    alphas: dict[str, float] = {}
+    for name, layer in lora_layers(peft_model).items():
+        scaling = float(layer.scaling[ADAPTER_NAME])
+        rank = int(layer.r[ADAPTER_NAME])
+        record = intended.get(name)
+        if (
+            record is None
+            or rank != record.rank
+            or not math.isclose(scaling, record.output_scaling, rel_tol=1e-6)
+        ):
+            raise GradienceError(
+                f"the truncated adapter loads {name} at rank {rank}, scaling {scaling!r}; the "
+                f"truncation wrote {getattr(record, 'rank', None)}, "
+                f"{getattr(record, 'output_scaling', None)!r}",
+                field="compression.variants",
+            )
+        scalings[name] = scaling
+        alphas[name] = float(layer.lora_alpha[ADAPTER_NAME])
+    missing = sorted(set(intended) - set(scalings))
+    if missing:
+        raise GradienceError(
+            f"the truncated adapter has no LoRA on {missing[:3]} after loading",
+            field="compression.variants",
+        )
+    return scalings, alphas

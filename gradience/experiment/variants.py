@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 
 from gradience.config import ExperimentConfig
+from gradience.errors import GradienceError
 from gradience.experiment.plan import PROBE, SHUFFLED_K, trained_variants
 from gradience.ranks import controls, lora_params, suggest_ranks
 from gradience.results import AuditResult, RankPattern
@@ -21,7 +22,19 @@ def module_shapes(audit: AuditResult) -> dict[str, tuple[int, int]]:
 
 
 def module_types(audit: AuditResult) -> dict[str, str]:
-    return {m.name: m.type for m in audit.modules}
+    """Each module's type for the within-type controls: its name suffix and its shape."""
+    return {m.name: controls.module_type_key(m.type, m.d_in, m.d_out) for m in audit.modules}
+
+
+#: Controls whose parameter count must equal per_layer's exactly (they only move rank); the
+#: truncation arm's shuffle must equal the cross-seed ranks it shuffles (EXACT_REFERENCE).
+PARAMETER_EXACT = (
+    "per_layer_shuffled_within_type",
+    "per_layer_reversed",
+    "probe_truncated_shuffled",
+)
+#: The pattern a parameter-exact control is compared with, where it is not per_layer.
+EXACT_REFERENCE = {"probe_truncated_shuffled": "per_layer_truncated_crossseed"}
 
 
 def per_layer_ranks(audit: AuditResult, cfg: ExperimentConfig) -> dict[str, int]:
@@ -46,7 +59,6 @@ def control_rules(
     audit: AuditResult, cfg: ExperimentConfig, seed: int
 ) -> dict[str, tuple[str, Callable[[dict[str, int]], dict[str, int]]]]:
     """Variant name -> (rule recorded in its RankPattern, function of the per_layer ranks)."""
-    allowed = cfg.compression.allowed_ranks
     return {
         "per_layer_shuffled": (
             f"per_layer shuffled: random.Random({seed} + 10000).shuffle",
@@ -57,8 +69,9 @@ def control_rules(
             lambda p: controls.shuffled_within_type(p, module_types(audit), seed),
         ),
         "uniform_matched": (
-            "uniform rank with the parameter count closest to per_layer's (ties: smaller rank)",
-            lambda p: controls.uniform_matched(p, module_shapes(audit), allowed),
+            "uniform rank (any integer up to the probe's) with the parameter count closest to "
+            "per_layer's (ties: smaller rank)",
+            lambda p: controls.uniform_matched(p, module_shapes(audit)),
         ),
         "per_layer_reversed": (
             "per_layer ranks reversed within module type: the neediest module (per_layer rank, "
@@ -66,13 +79,10 @@ def control_rules(
             lambda p: controls.reversed_within_type(p, module_types(audit), module_need(audit, p)),
         ),
         "per_layer_truncated": (
-            "the probe truncated by SVD to per_layer's ranks, not retrained",
+            "the probe truncated by SVD to per_layer's ranks, not retrained (what compression "
+            "costs before retraining; not a placement test: the ranks were read off this very "
+            "probe's spectrum)",
             dict,
-        ),
-        "probe_truncated_shuffled": (
-            "the probe truncated by SVD to per_layer_shuffled_within_type's ranks "
-            f"(random.Random({seed} + 10000)), not retrained",
-            lambda p: controls.shuffled_within_type(p, module_types(audit), seed),
         ),
         "uniform_median": ("uniform at the median per_layer rank", controls.uniform_median),
         "uniform_p90": ("uniform at the 90th-percentile per_layer rank", controls.uniform_p90),
@@ -80,7 +90,9 @@ def control_rules(
 
 
 def rank_patterns(audit: AuditResult, cfg: ExperimentConfig, seed: int) -> dict[str, RankPattern]:
-    """One RankPattern per trained variant of ``cfg`` (probe and per_layer always included)."""
+    """One RankPattern per trained variant of ``cfg`` (probe and per_layer always included),
+    but the cross-seed truncations: their ranks come from another seed's audit
+    (:func:`crossseed_patterns`, built by their own jobs)."""
     shapes = module_shapes(audit)
     per_layer = per_layer_ranks(audit, cfg)
     ranks: dict[str, tuple[str, dict[str, int]]] = {
@@ -93,16 +105,97 @@ def rank_patterns(audit: AuditResult, cfg: ExperimentConfig, seed: int) -> dict[
             rule, build = rules[variant]
             ranks[variant] = (rule, build(per_layer))
     if SHUFFLED_K in cfg.compression.variants:
-        shuffles = controls.shuffled_k(per_layer, seed, cfg.compression.shuffle_k)
+        shuffles = controls.shuffled_k(
+            per_layer, module_types(audit), seed, cfg.compression.shuffle_k
+        )
         for index, (name, pattern) in enumerate(shuffles.items()):
             seed_text = controls.shuffled_k_seed(seed, index)
-            ranks[name] = (f"per_layer shuffled: random.Random({seed_text!r}).shuffle", pattern)
+            ranks[name] = (
+                f"per_layer shuffled within module type: random.Random({seed_text!r})",
+                pattern,
+            )
     wanted = set(trained_variants(cfg)) | {PROBE, "per_layer"}
-    return {
+    patterns = {
         name: make_pattern(name, rule, pattern, shapes, cfg)
         for name, (rule, pattern) in ranks.items()
         if name in wanted
     }
+    check_parameter_exact(patterns)
+    return patterns
+
+
+def check_parameter_exact(patterns: Mapping[str, RankPattern]) -> None:
+    """Every control that only moves rank trains exactly its reference's parameters (per_layer's;
+    per_layer_truncated_crossseed's for probe_truncated_shuffled), or the run stops.
+
+    Grouping by (suffix, shape) makes this hold by construction; the check keeps a future
+    control, or a model whose shapes the audit misreports, from silently comparing capacities.
+    """
+    for name, pattern in patterns.items():
+        if not (name in PARAMETER_EXACT or name.startswith(SHUFFLED_K)):
+            continue
+        reference = EXACT_REFERENCE.get(name, "per_layer")
+        if reference not in patterns:
+            raise GradienceError(
+                f"{name} must be checked against {reference}'s parameter count, which is missing",
+                field="compression.variants",
+            )
+        target = patterns[reference].trainable_params
+        if pattern.trainable_params != target:
+            raise GradienceError(
+                f"{name} trains {pattern.trainable_params:,} LoRA parameters, {reference} "
+                f"{target:,}: a within-type control must move rank without changing capacity",
+                field="compression.variants",
+            )
+
+
+def crossseed_patterns(
+    audit: AuditResult,
+    source_ranks: Mapping[str, int],
+    cfg: ExperimentConfig,
+    seed: int,
+    source_seed: int,
+) -> dict[str, RankPattern]:
+    """The truncation arm's placement pair for ``seed``, both cut from its probe (``audit``):
+
+    * ``per_layer_truncated_crossseed``: the per_layer ranks ``source_seed``'s audit chose
+      (``source_ranks``), in that pattern's module order;
+    * ``probe_truncated_shuffled``: those very ranks shuffled within module type
+      (:func:`gradience.ranks.controls.shuffled_within_type`, ``random.Random(seed + 10000)``).
+
+    Neither is read off this probe's spectrum, and both have exactly the same parameter count,
+    so the pair asks whether an independent run's audit places rank better than a random
+    placement of the same ranks. Raises GradienceError when the other audit names other modules.
+    """
+    own = [m.name for m in audit.modules]
+    if set(own) != set(source_ranks):
+        missing = sorted(set(own) - set(source_ranks))[:3]
+        extra = sorted(set(source_ranks) - set(own))[:3]
+        raise GradienceError(
+            f"seed {source_seed}'s per_layer ranks do not name seed {seed}'s modules (missing "
+            f"{missing}, unknown {extra}): a cross-seed truncation needs one model for all seeds",
+            field="compression.variants",
+        )
+    ranks = dict(source_ranks)
+    rules = {
+        "per_layer_truncated_crossseed": (
+            f"the probe truncated by SVD to seed {source_seed}'s per_layer ranks (another run's "
+            "audit, not this probe's spectrum), not retrained",
+            ranks,
+        ),
+        "probe_truncated_shuffled": (
+            f"the probe truncated by SVD to seed {source_seed}'s per_layer ranks shuffled within "
+            f"module type: random.Random({seed} + 10000), not retrained",
+            controls.shuffled_within_type(ranks, module_types(audit), seed),
+        ),
+    }
+    shapes = module_shapes(audit)
+    patterns = {
+        name: make_pattern(name, rule, pattern, shapes, cfg)
+        for name, (rule, pattern) in rules.items()
+    }
+    check_parameter_exact(patterns)
+    return patterns
 
 
 def make_pattern(

@@ -8,9 +8,11 @@ with a note in the report.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from gradience.config import ExperimentConfig, HypothesisConfig, load_config
 from gradience.errors import GradienceError
@@ -18,6 +20,7 @@ from gradience.io import read_model, write_model, write_text_atomic
 from gradience.results import AggregatedResults, AuditResult, MechanismAnalysis, RankPattern
 from gradience.stats import analyze
 from gradience.stats.analyze import METRICS, check_results
+from gradience.stats.registered import PLAN_FILE
 
 RESULTS_FILE = "aggregated_results.json"
 ANALYSIS_FILE = "mechanism_analysis.json"
@@ -78,6 +81,21 @@ def load_run_config(
     return None, "defaults (no config given, none in the run folder)"
 
 
+def registered_plan(run_dir: Path) -> dict[str, Any] | None:
+    """The plan the run registered before its first seed (None: the folder has none)."""
+    path = run_dir / PLAN_FILE
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+        plan = data["plan"]
+    except (ValueError, KeyError, TypeError):
+        raise GradienceError("not a registered analysis plan", path=path, field="plan") from None
+    if not isinstance(plan, dict):
+        raise GradienceError("must be a mapping", path=path, field="plan")
+    return plan
+
+
 def _title(config: ExperimentConfig | None) -> str:
     return config.metadata.name if config is not None else "Mechanism test"
 
@@ -110,7 +128,7 @@ def analyze_results(
                     path=results_path,
                     field="variants",
                 )
-    analysis = analyze(results, hypothesis, contrasts)
+    analysis = analyze(results, hypothesis, contrasts, registered_plan(run_dir))
     analysis.inputs["results_file"] = str(results_path.resolve())
     analysis.inputs["hypothesis_source"] = source
     out = Path(output_dir) if output_dir is not None else run_dir
@@ -157,9 +175,11 @@ def write_report(
     title: str = "Mechanism test",
 ) -> list[Path]:
     """report.md plus the PNGs whose inputs exist; returns the files written."""
-    from gradience.report.markdown import render_report
+    from gradience.report.markdown import DECISION_FIGURE, render_report
     from gradience.report.plots import (
+        decision_caption,
         plot_accuracy,
+        plot_decision,
         plot_probe_spectra,
         plot_rank_heatmaps,
         plot_update_norms,
@@ -168,7 +188,9 @@ def write_report(
     metric = str(analysis.inputs.get("primary_metric", results.primary_metric))
     figures: dict[str, str] = {}
     notes: list[str] = []
-    written = [plot_accuracy(results, metric, out / "accuracy.png")]
+    written = [plot_decision(analysis, metric, out / DECISION_FIGURE)]
+    figures[decision_caption(analysis)] = DECISION_FIGURE
+    written.append(plot_accuracy(results, metric, out / "accuracy.png"))
     figures[f"{metric} per variant: mean ± 95% CI, per-seed points joined by seed"] = "accuracy.png"
     if any(run.update_norms for v in results.variants.values() for run in v.runs.values()):
         written.append(plot_update_norms(results, out / "update_norms.png"))

@@ -3,8 +3,9 @@
 The console ends with them and the report opens with them. The sentence is built from the
 verdict's label and the two contrasts it turns on (per_layer vs the probe; per_layer vs the
 same ranks shuffled within each module type, or the seed's shuffle when that is all there
-is); each comparison says "above", "below" or "level with" from where its 95% CI lies
-relative to zero, so the words never claim more than the interval does.
+is); each comparison's words come from where its deciding (family-wise) interval lies:
+"above" or "below" when it excludes 0, "level with" only when it lies inside ±threshold, and
+"not distinguishable from" otherwise, so the words never claim more than the interval does.
 """
 
 from __future__ import annotations
@@ -46,20 +47,38 @@ def fine_tuning_gain(results: AggregatedResults, metric: str) -> float | None:
     return probe - getattr(results.base_model, metric)
 
 
-def _relation(c: Contrast) -> str:
-    if c.ci95 is None:
+def _interval(c: Contrast) -> tuple[tuple[float, float] | None, str]:
+    """The interval the words are read from: the family-wise one where recorded, else the 95% CI."""
+    if c.decision_ci is not None and c.decision_confidence is not None:
+        level = f"{c.decision_confidence:.1%}".replace(".0%", "%")
+        return c.decision_ci, f"{level} family-wise interval"
+    return c.ci95, "95% CI"
+
+
+def relation(c: Contrast) -> str:
+    """'above' / 'below' (interval excludes 0), 'level with' (inside ±threshold), else
+    'not distinguishable from'."""
+    interval, _ = _interval(c)
+    if interval is None:
         return "undecided against"
-    low, high = c.ci95
-    return "above" if low > 0 else "below" if high < 0 else "level with"
+    low, high = interval
+    if low > 0:
+        return "above"
+    if high < 0:
+        return "below"
+    if c.threshold is not None and -c.threshold < low and high < c.threshold:
+        return f"level (within ±{c.threshold:g}) with"
+    return "not distinguishable from"
 
 
 def _comparison(c: Contrast | None, what: str, results: AggregatedResults, metric: str) -> str:
     if c is None or c.mean_diff is None:
         return f"it could not be compared with {what}"
     other = variant_mean(results, c.b, metric)
-    ci = "no CI" if c.ci95 is None else f"95% CI [{c.ci95[0]:+.3f}, {c.ci95[1]:+.3f}]"
+    interval, name = _interval(c)
+    ci = "no interval" if interval is None else f"{name} [{interval[0]:+.3f}, {interval[1]:+.3f}]"
     score = "" if other is None else f"{other:.3f}; "
-    return f"{_relation(c)} {what} ({score}difference {c.mean_diff:+.3f}, {ci})"
+    return f"{relation(c)} {what} ({score}difference {c.mean_diff:+.3f}, {ci})"
 
 
 def headline(analysis: MechanismAnalysis, results: AggregatedResults) -> str:

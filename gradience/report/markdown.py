@@ -12,6 +12,8 @@ from gradience.stats.item_level import __doc__ as BOOTSTRAP_DOC
 
 #: The accuracy figure's file name: the report opens with it, under the verdict's sentence.
 ACCURACY_FIGURE = "accuracy.png"
+#: The decision figure's file name: shown right under the verdict's heading.
+DECISION_FIGURE = "decision.png"
 
 
 def _num(x: float | None, fmt: str = ".4f") -> str:
@@ -174,15 +176,29 @@ def _placement(analysis: MechanismAnalysis) -> list[str]:
             _num(p.within_type_changed_fraction, ".2f"),
         ],
         [
+            "share of per_layer's parameters the within-type shuffle moves "
+            f"(a placement FAIL needs ≥ {_num(p.min_moved_fraction, '.0%')})",
+            _num(p.within_type_moved_fraction, ".1%"),
+        ],
+        [
             "per_layer rank agreement across seeds (mean Spearman ρ)",
             _num(p.rank_agreement_across_seeds, ".2f"),
         ],
         [
-            "per_layer among the k shuffles (percentile; permutation p)",
-            f"{pct}; {_p(p.shuffle_permutation_p)}",
+            "per_layer among the k within-type shuffles (percentile; permutation p, "
+            "significant at p ≤ α)",
+            f"{pct}; {_p(p.shuffle_permutation_p)}"
+            + (
+                ""
+                if p.shuffle_permutation_significant is None
+                else (
+                    " (significant)" if p.shuffle_permutation_significant else " (not significant)"
+                )
+            ),
         ],
         [
-            f"smallest placement effect detectable at the target power ({p.decision_contrast or '—'})",
+            "smallest placement effect detectable at the target power and the family-wise "
+            f"level ({p.decision_contrast or '—'})",
             f"{_num(p.min_detectable_effect, '.4f')} (threshold {_num(p.threshold, 'g')})",
         ],
     ]
@@ -239,12 +255,12 @@ def _truncation(analysis: MechanismAnalysis) -> list[str]:
             f"- Retraining at those ranks (per_layer) instead gives {retrain.mean_diff:+.4f} over "
             f"the truncated probe (95% CI {_interval(retrain.ci95)})."
         )
-    placed = analysis.contrasts.get("per_layer_truncated_vs_probe_truncated_shuffled")
+    placed = analysis.contrasts.get("per_layer_truncated_crossseed_vs_probe_truncated_shuffled")
     if placed is not None and placed.mean_diff is not None:
         lines.append(
-            f"- Truncated to per_layer's ranks vs to the within-type shuffle's: "
-            f"{placed.mean_diff:+.4f} (95% CI {_interval(placed.ci95)}): placement before any "
-            "retraining."
+            "- Truncated to the ranks another seed's audit chose vs to their within-type shuffle "
+            f"(same parameters; neither read off this probe's spectrum): {placed.mean_diff:+.4f} "
+            f"(95% CI {_interval(placed.ci95)}): placement before any retraining."
         )
     return lines + [""]
 
@@ -274,6 +290,10 @@ def render_report(
         f"## Verdict: **{analysis.verdict.label}**",
         "",
     ]
+    decision = next((c for c, p in figures.items() if p == DECISION_FIGURE), None)
+    if decision is not None:
+        alt = "the decision: each contrast's paired difference against its threshold"
+        lines += [f"![{alt}]({DECISION_FIGURE})", "", f"*{decision}.*", ""]
     lines += [f"- {reason}" for reason in analysis.verdict.reasons] + [""]
     if analysis.verdict.alpha_policy:
         lines += [
@@ -296,7 +316,7 @@ def render_report(
         )
     lines += ["## Figures", ""]
     for caption, path in figures.items():
-        if path != ACCURACY_FIGURE:  # shown at the top
+        if path not in (ACCURACY_FIGURE, DECISION_FIGURE):  # shown at the top
             lines += [f"**{caption}**", "", f"![{caption}]({path})", ""]
     lines += [f"- {note}" for note in figure_notes] + ([""] if figure_notes else [])
     lines += [

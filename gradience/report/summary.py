@@ -16,8 +16,12 @@ def format_summary(analysis: MechanismAnalysis, results: AggregatedResults) -> s
     width = max((len(name) for name in analysis.contrasts), default=0)
     for name, c in analysis.contrasts.items():
         ci = "n/a" if c.ci95 is None else f"[{c.ci95[0]:+.4f}, {c.ci95[1]:+.4f}]"
+        judged = "primary" if c.is_primary() else "secondary"
+        if c.outcome is not None:
+            judged += f" {c.outcome.upper()}"
         lines.append(
-            f"  {name:<{width}}  diff {_f(c.mean_diff, '+.4f')} CI {ci}  p {_f(c.paired_t.p, '.4g')}"
+            f"  {name:<{width}}  [{judged}]  diff {_f(c.mean_diff, '+.4f')} CI {ci}"
+            f"  p {_f(c.paired_t.p, '.4g')}"
             f"  holm {_f(c.holm_p, '.4g')}  d {_f(c.cohens_d, '.2f')}  d_z {_f(c.cohens_dz, '.2f')}"
             f"  item p {_f(c.item_level.pooled.p, '.4g')}  seeds@80% {_f(c.seeds_for_80pct_power, 'd')}"
             f"  params a/b {_f(c.param_ratio, '.3f')}"
@@ -28,7 +32,8 @@ def format_summary(analysis: MechanismAnalysis, results: AggregatedResults) -> s
             "",
             "placement: modules moved by the seed's shuffle "
             f"{_f(p.seed_rule_changed_fraction, '.2f')}, by the within-type shuffle "
-            f"{_f(p.within_type_changed_fraction, '.2f')}; per_layer rank agreement across seeds "
+            f"{_f(p.within_type_changed_fraction, '.2f')} (parameters moved "
+            f"{_f(p.within_type_moved_fraction, '.1%')}); per_layer rank agreement across seeds "
             f"{_f(p.rank_agreement_across_seeds, '.2f')}; smallest detectable placement effect "
             f"{_f(p.min_detectable_effect, '.4f')} (threshold {_f(p.threshold, 'g')})",
         ]

@@ -3,29 +3,44 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from gradience.config import HypothesisConfig
 from gradience.results import AggregatedResults, Contrast, MechanismAnalysis
-from gradience.stats.contrast import compare, contrast_name, holm
+from gradience.stats.contrast import compare, contrast_name, holm, set_power
 from gradience.stats.item_level import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
-from gradience.stats.placement import placement_summary
+from gradience.stats.placement import WITHIN_TYPE_SHUFFLE, moved_fraction, placement_summary
+from gradience.stats.registered import analysis_plan, plan_differences, plan_hash
+from gradience.stats.sequential_verdict import (
+    judgements,
+    looks_record,
+    sequential_family,
+    summary_record,
+)
 from gradience.stats.step_size import pooled_dependence, update_norm_dependence
-from gradience.stats.verdict import PlacementContrasts, decide
+from gradience.stats.verdict import (
+    PlacementContrasts,
+    decide,
+    placement_decider,
+    set_decision_interval,
+)
 
 EFFICACY = ("per_layer", "probe")
 PLACEMENT_MATCHED = ("per_layer", "per_layer_shuffled_within_type")
 MECHANISM = ("per_layer", "per_layer_shuffled")  # the seed's rule: capacity changes with it
 HETEROGENEITY = ("per_layer", "uniform_matched")
-PRIMARY = (EFFICACY, PLACEMENT_MATCHED, MECHANISM)
 METRICS = ("exact_match", "strict_match")
 #: The truncation arm (the probe cut to ranks by SVD, not retrained), read as: what compression
 #: costs before any retraining, what retraining at those ranks adds, and whether placement
-#: matters without retraining.
+#: matters without retraining. The last is cross-seed: per_layer_truncated's ranks were read off
+#: the very spectrum it is cut from (energy@τ keeps >= τ of each module's energy by
+#: construction), so any shuffle of them loses by construction; both sides of the placement
+#: contrast are cut to another seed's audit's ranks (and their within-type shuffle).
 TRUNCATION = (
     ("per_layer_truncated", "probe"),
     ("per_layer", "per_layer_truncated"),
-    ("per_layer_truncated", "probe_truncated_shuffled"),
+    ("per_layer_truncated_crossseed", "probe_truncated_shuffled"),
 )
 
 
@@ -40,8 +55,9 @@ ROLES = {
     "vs the probe itself",
     TRUNCATION[1]: "what retraining adds: per_layer trained at its ranks vs the probe truncated "
     "to them",
-    TRUNCATION[2]: "placement without retraining: the probe truncated to per_layer's ranks vs "
-    "to the within-type shuffle's",
+    TRUNCATION[2]: "placement without retraining: the probe truncated to the per_layer ranks "
+    "another seed's audit chose vs to their within-type shuffle (same parameters; neither read "
+    "off this probe's spectrum)",
 }
 
 
@@ -51,12 +67,12 @@ def eval_items_hash(item_ids: Sequence[str]) -> str:
 
 
 def secondary_pairs(results: AggregatedResults) -> list[tuple[str, str]]:
-    """per_layer vs every further control in the results, and the truncation arm's contrasts
-    (exploratory: outside the Holm family)."""
+    """per_layer vs every other variant in the results, and the truncation arm's contrasts:
+    the default contrasts outside the primary family (the seed's shuffle is among them unless
+    it stands in for the within-type one; :func:`analyze` drops whichever is primary)."""
     if "per_layer" not in results.variants:
         return []
-    primary_variants = {v for pair in PRIMARY for v in pair}
-    pairs = [("per_layer", v) for v in results.variants if v not in primary_variants]
+    pairs = [("per_layer", v) for v in results.variants if v not in ("per_layer", "probe")]
     pairs += [
         pair
         for pair in TRUNCATION
@@ -83,84 +99,113 @@ def check_results(results: AggregatedResults, metric: str) -> None:
                 )
 
 
-def primary_pairs(results: AggregatedResults) -> list[tuple[str, str]]:
-    """The primary contrasts this run can compute: efficacy always (even if a variant is
-    missing, so the verdict can say so), each placement contrast when its shuffle ran."""
-    return [
-        pair for pair in PRIMARY if pair == EFFICACY or all(v in results.variants for v in pair)
-    ]
-
-
 def analyze(
     results: AggregatedResults,
     hypothesis: HypothesisConfig,
     extra_contrasts: Sequence[tuple[str, str]] = (),
+    registered_plan: Mapping[str, Any] | None = None,
 ) -> MechanismAnalysis:
-    """The primary contrasts (Holm-corrected together), any extra ones, the verdict, the
-    placement section and the update-norm dependence on rank.
+    """The primary contrasts (one family: Holm for PASS, alpha/m for FAIL), the default
+    secondary ones, any extra ones, the verdict, the placement section and the update-norm
+    dependence on rank.
 
-    ``extra_contrasts`` default to per_layer vs every further control in the results; they
-    are exploratory (``holm_p`` null, ``holm_family`` false) and do not enter the verdict,
-    except per_layer vs uniform_matched, which the verdict reads as H (see
-    :mod:`gradience.stats.verdict`). Raises ValueError naming the key if the results are
-    inconsistent (see ``check_results``).
+    The primary family is compression efficacy and the placement contrast that decides
+    (:func:`gradience.stats.verdict.placement_decider`: the within-type shuffle, or the seed's
+    shuffle standing in). ``extra_contrasts`` are added to the default secondary contrasts
+    (never replacing them): they are exploratory and cannot change the verdict. Raises
+    ValueError naming the key if the results are inconsistent (see ``check_results``).
+
+    With ``hypothesis.until_decided`` the primary family is judged by the group-sequential
+    rule the run stopped by (:mod:`gradience.stats.sequential_verdict`) and every look is
+    recorded. ``registered_plan``: the run's ``analysis_plan.json``; when these settings give
+    another plan, the verdict's first line says so and what differs.
     """
     metric = hypothesis.primary_metric
     check_results(results, metric)
+    alpha, power = hypothesis.alpha, hypothesis.power
     thresholds = {
         EFFICACY: hypothesis.compression_threshold,
         PLACEMENT_MATCHED: hypothesis.mechanism_threshold,
         MECHANISM: hypothesis.mechanism_threshold,
         HETEROGENEITY: hypothesis.mechanism_threshold,
     }
-    common = {"metric": metric, "alpha": hypothesis.alpha, "power": hypothesis.power}
-    primary = {
-        pair: compare(results, *pair, threshold=thresholds[pair], **common)
-        for pair in primary_pairs(results)
-    }
-    holm(list(primary.values()))
-    for pair, contrast in primary.items():
-        contrast.holm_family = True
-        contrast.role = ROLES[pair]
-    contrasts: dict[str, Contrast] = {contrast_name(*pair): c for pair, c in primary.items()}
-    for a, b in list(extra_contrasts) or secondary_pairs(results):
-        name = contrast_name(a, b)
-        if name not in contrasts:
-            extra = compare(results, a, b, threshold=thresholds.get((a, b)), **common)
-            extra.role = ROLES.get((a, b))
-            extra.notes.append("exploratory contrast: not Holm-corrected, not part of the verdict")
-            if (a, b) == HETEROGENEITY:
-                extra.notes[-1] = (
-                    "not Holm-corrected: read as H only after E passes and placement fails "
-                    "(a fixed sequence at α)"
-                )
-            contrasts[name] = extra
+    common = {"metric": metric, "alpha": alpha, "power": power}
+    contrasts: dict[str, Contrast] = {}
+    for a, b in [EFFICACY, *secondary_pairs(results), *extra_contrasts]:
+        if contrast_name(a, b) not in contrasts:
+            contrast = compare(results, a, b, threshold=thresholds.get((a, b)), **common)
+            contrast.role = ROLES.get((a, b))
+            contrast.primary = False
+            contrasts[contrast_name(a, b)] = contrast
     placement = PlacementContrasts(
-        matched=primary.get(PLACEMENT_MATCHED),
-        seed_rule=primary.get(MECHANISM),
+        matched=contrasts.get(contrast_name(*PLACEMENT_MATCHED)),
+        seed_rule=contrasts.get(contrast_name(*MECHANISM)),
         heterogeneity=contrasts.get(contrast_name(*HETEROGENEITY)),
+        moved_fraction=moved_fraction(results, WITHIN_TYPE_SHUFFLE),
     )
-    verdict = decide(primary[EFFICACY], placement, hypothesis, results.alpha_policy)
+    family = [contrasts[contrast_name(*EFFICACY)]]
+    decider = placement_decider(placement)
+    if decider is not None:
+        family.append(decider)
+    holm(family)
+    for contrast in family:
+        contrast.primary = contrast.holm_family = True
+        set_decision_interval(contrast, alpha, len(family))
+        set_power(contrast, thresholds[(contrast.a, contrast.b)], alpha / len(family), power)
+    for contrast in contrasts.values():
+        if contrast.primary:
+            continue
+        if (contrast.a, contrast.b) == HETEROGENEITY:
+            contrast.notes.append(
+                "not Holm-corrected: read as H only after E passes and placement fails "
+                "(a fixed sequence at α)"
+            )
+            set_decision_interval(contrast, alpha, 1)
+        else:
+            contrast.notes.append(
+                "secondary contrast: outside the primary family, not part of the verdict"
+            )
+    sequential, decided = None, None
+    if hypothesis.until_decided:
+        n_max = hypothesis.max_seeds or len(results.seeds)
+        sequential = sequential_family(family, hypothesis, n_max)
+        decided = judgements(family, sequential)
+    verdict = decide(family[0], placement, hypothesis, results.alpha_policy, decided)
+    plan = analysis_plan(hypothesis, list(results.variants), len(results.seeds))
+    registered_hash = None if registered_plan is None else plan_hash(registered_plan)
+    if registered_plan is not None and registered_hash != plan_hash(plan):
+        verdict.reasons.insert(
+            0,
+            f"This analysis departs from the plan the run registered before its data (hash "
+            f"{registered_hash}; these settings give {plan_hash(plan)}): "
+            + "; ".join(plan_differences(registered_plan, plan)),
+        )
     dependence = update_norm_dependence(results)
     if len(dependence) > 1:
         dependence["all_variants"] = pooled_dependence(results)
     return MechanismAnalysis(
         contrasts=contrasts,
         verdict=verdict,
-        inputs=_inputs(results, hypothesis),
+        inputs=_inputs(results, hypothesis, family),
         placement=placement_summary(
             results,
-            placement.matched or placement.seed_rule,
+            decider,
             metric,
-            hypothesis.alpha,
-            hypothesis.power,
+            alpha,
             hypothesis.mechanism_threshold,
+            hypothesis.min_moved_fraction,
         ),
         update_norm_vs_rank=dependence,
+        plan_hash=plan_hash(plan),
+        registered_plan_hash=registered_hash,
+        sequential=None if sequential is None else summary_record(sequential),
+        looks=[] if sequential is None else looks_record(sequential),
     )
 
 
-def _inputs(results: AggregatedResults, hypothesis: HypothesisConfig) -> dict[str, object]:
+def _inputs(
+    results: AggregatedResults, hypothesis: HypothesisConfig, family: Sequence[Contrast]
+) -> dict[str, object]:
     return {
         "primary_metric": hypothesis.primary_metric,
         "results_primary_metric": results.primary_metric,
@@ -172,9 +217,10 @@ def _inputs(results: AggregatedResults, hypothesis: HypothesisConfig) -> dict[st
         "eval_items_sha256_16": eval_items_hash(results.eval_item_ids),
         "failures": [f.model_dump() for f in results.failures],
         "hypothesis": hypothesis.model_dump(mode="json"),
-        "decision_test": "seed-level one-sided paired t-test (scipy.stats.ttest_rel), Holm-adjusted over "
-        "the primary contrasts present: "
-        + ", ".join(contrast_name(*pair) for pair in primary_pairs(results)),
+        "decision_test": "seed-level one-sided paired t-test (scipy.stats.ttest_rel): PASS at "
+        "Holm-adjusted p < alpha, FAIL when the one-sided upper bound at alpha/m lies below the "
+        f"threshold, over the primary family (m = {len(family)}): "
+        + ", ".join(contrast_name(c.a, c.b) for c in family),
         "gated_seeds": results.gated_seeds,
         "paired_init": results.paired_init,
         "bootstrap": {"resamples": BOOTSTRAP_RESAMPLES, "rng_seed": BOOTSTRAP_SEED},

@@ -26,7 +26,7 @@ from gradience.stats.item_level import (
     hierarchical_bootstrap,
     mcnemar_exact,
 )
-from gradience.stats.power import paired_t_power, seeds_for_power
+from gradience.stats.power import min_detectable_effect, paired_t_power, seeds_for_power
 from gradience.stats.seed_level import TTest, cohens_d, cohens_dz, mean_diff, paired_t, welch_t
 
 
@@ -153,6 +153,7 @@ def compare(
         cohens_dz=dz.value,
         holm_p=None,
         item_level=_item_level(results, a, b, seeds, metric),
+        item_level_metric=item_metric(results, a, b, seeds, metric),
         seeds_for_80pct_power=needed.n,
         notes=notes,
         seeds=[int(s) if s.lstrip("-").isdigit() else s for s in seeds],
@@ -166,16 +167,26 @@ def compare(
             f"{a} and {b} are right on exactly the same items in every paired seed: "
             "check that they really trained different ranks (and learned anything)"
         )
+    if metric == "strict_match":
+        contrast.item_level_exact_match = _item_level(results, a, b, seeds, "exact_match")
+    _failures_as_loss(contrast, results, metric)
     if threshold is not None:
-        _add_threshold_power(contrast, threshold, alpha, power)
+        set_power(contrast, threshold, alpha, power)
     return contrast
 
 
-def _add_threshold_power(contrast: Contrast, threshold: float, alpha: float, power: float) -> None:
-    """Power to detect a true difference equal to the threshold, given the observed sd of diffs."""
+def set_power(contrast: Contrast, threshold: float, level: float, power: float) -> None:
+    """Power figures at one-sided ``level`` (the decision's): power and seeds needed for a true
+    difference equal to the threshold, and the smallest difference detectable at ``power``,
+    from the observed sd of the paired differences."""
     contrast.threshold = threshold
+    contrast.decision_level = level
     contrast.power_at_threshold = None
     contrast.seeds_for_80pct_power_at_threshold = None
+    contrast.min_detectable_effect = min_detectable_effect(
+        contrast.sd_diff, contrast.n_seeds, level, power
+    )
+    contrast.notes = [n for n in contrast.notes if not n.startswith("power at the threshold")]
     sd = contrast.sd_diff
     if not sd or threshold <= 0:
         contrast.notes.append(
@@ -184,28 +195,79 @@ def _add_threshold_power(contrast: Contrast, threshold: float, alpha: float, pow
         return
     dz_threshold = threshold / sd
     if contrast.n_seeds >= 2:
-        contrast.power_at_threshold = paired_t_power(dz_threshold, contrast.n_seeds, alpha)
-    needed = seeds_for_power(dz_threshold, alpha, power)
+        contrast.power_at_threshold = paired_t_power(dz_threshold, contrast.n_seeds, level)
+    needed = seeds_for_power(dz_threshold, level, power)
     contrast.seeds_for_80pct_power_at_threshold = needed.n
     if needed.reason:
         contrast.notes.append(f"power at the threshold: {needed.reason}")
+
+
+def _failures_as_loss(contrast: Contrast, results: AggregatedResults, metric: str) -> None:
+    """The sensitivity to dropping seeds pairwise: a failed run counted as a score of 0.
+
+    Dropping a seed where one variant failed makes a variant that fails more often look
+    better (its bad seeds vanish); counting the failure as a loss bounds that.
+    """
+    failed = {(str(f.seed), f.variant) for f in results.failures}
+    runs_a = results.variants[contrast.a].runs
+    runs_b = results.variants[contrast.b].runs
+    extra = [
+        str(seed)
+        for seed in results.seeds
+        if seed not in results.gated_seeds
+        and ((str(seed) in runs_a) != (str(seed) in runs_b))
+        and ((str(seed), contrast.a) in failed or (str(seed), contrast.b) in failed)
+    ]
+    if not extra:
+        return
+    seeds = [str(s) for s in contrast.seeds] + extra
+    a = [float(getattr(runs_a[s], metric)) if s in runs_a else 0.0 for s in seeds]
+    b = [float(getattr(runs_b[s], metric)) if s in runs_b else 0.0 for s in seeds]
+    diff, test = mean_diff(a, b), paired_t(a, b)
+    contrast.failures_as_loss = TestStat(statistic=diff.mean, p=test.p, reason=test.reason)
+    contrast.failures_as_loss_ci95 = diff.ci95
+    ci = "undefined" if diff.ci95 is None else f"[{diff.ci95[0]:+.4f}, {diff.ci95[1]:+.4f}]"
+    contrast.notes.append(
+        f"sensitivity: counting the {len(extra)} failed run(s) of seed(s) {', '.join(extra)} as "
+        f"a loss (score 0) instead of dropping the seed: {contrast.a} - {contrast.b} = "
+        f"{diff.mean:+.4f} over {len(seeds)} seeds, 95% CI {ci}"
+    )
+
+
+def item_metric(
+    results: AggregatedResults, a: str, b: str, seeds: Sequence[str], metric: str
+) -> str:
+    """The metric the item-level tests can use: strict_match where every paired run recorded it."""
+    runs_a, runs_b = results.variants[a].runs, results.variants[b].runs
+    recorded = all(
+        runs[s].item_strict_correct is not None for runs in (runs_a, runs_b) for s in seeds
+    )
+    return "strict_match" if metric == "strict_match" and recorded else "exact_match"
 
 
 def _item_level(
     results: AggregatedResults, a: str, b: str, seeds: Sequence[str], metric: str
 ) -> ItemLevel:
     runs_a, runs_b = results.variants[a].runs, results.variants[b].runs
+    strict = item_metric(results, a, b, seeds, metric) == "strict_match"
     mcnemar: dict[str, McNemar] = {}
     diffs = []
     for seed in seeds:
-        correct_a, correct_b = runs_a[seed].item_correct, runs_b[seed].item_correct
+        if strict:
+            correct_a = runs_a[seed].item_strict_correct or []
+            correct_b = runs_b[seed].item_strict_correct or []
+        else:
+            correct_a, correct_b = runs_a[seed].item_correct, runs_b[seed].item_correct
         test = mcnemar_exact(correct_a, correct_b)
         mcnemar[seed] = McNemar(b=test.b, c=test.c, p=test.p)
         diffs.append(np.asarray(correct_a, dtype=float) - np.asarray(correct_b, dtype=float))
     boot = hierarchical_bootstrap(diffs)
     reason = boot.reason
-    if metric != "exact_match":
-        extra = f"item correctness is exact_match's; the seed-level metric is {metric}"
+    if metric != "exact_match" and not strict:
+        extra = (
+            f"item correctness is exact_match's (the results carry no per-item {metric}); "
+            f"the seed-level metric is {metric}"
+        )
         reason = f"{reason}; {extra}" if reason else extra
     pooled = PooledItemTest(
         method=boot.method,

@@ -4,22 +4,24 @@
   per_layer, whatever placement is worth;
 * rank agreement across seeds: if the audit's per-module ranks do not replicate across seeds,
   "where the audit puts rank" is itself noise;
-* the k-shuffle percentile: per_layer against a null distribution of placements (a
-  permutation p-value, (1 + #shuffles >= per_layer) / (k + 1));
-* the smallest placement effect detectable at the target power, from the observed sd of the
-  decision contrast's paired differences (the paired t's minimum detectable effect).
+* moved share: how much of per_layer's parameters the within-type shuffle holds in other
+  modules (a placement FAIL needs at least ``hypothesis.min_moved_fraction``);
+* the k-shuffle percentile: per_layer against a null distribution of within-type placements
+  (a permutation p-value, (1 + #shuffles >= per_layer) / (k + 1), significant at p <= α;
+  with k shuffles it can be no smaller than 1/(k + 1));
+* the smallest placement effect detectable at the target power and the decision's level,
+  from the observed sd of the decision contrast's paired differences.
 """
 
 from __future__ import annotations
 
-import math
 from itertools import combinations
 
 import numpy as np
-from scipy import optimize, stats
+from scipy import stats
 
+from gradience.ranks import controls
 from gradience.results import AggregatedResults, Contrast, Placement
-from gradience.stats.power import paired_t_power
 
 PER_LAYER = "per_layer"
 SEED_RULE_SHUFFLE = "per_layer_shuffled"
@@ -84,14 +86,22 @@ def shuffle_percentile(
     return 100.0 * below / len(others), (1 + at_least) / (len(others) + 1), None
 
 
-def min_detectable_effect(
-    sd_diff: float | None, n: int, alpha: float, power: float
-) -> float | None:
-    """Smallest true mean difference the one-sided paired t detects with ``power`` (None if undefined)."""
-    if sd_diff is None or not math.isfinite(sd_diff) or sd_diff <= 0 or n < 2:
+def moved_fraction(results: AggregatedResults, control: str) -> float | None:
+    """Mean over seeds of the share of per_layer's parameters ``control`` holds elsewhere
+    (:func:`gradience.ranks.controls.moved_fraction`); None without ranks or module costs."""
+    if results.module_costs is None or PER_LAYER not in results.variants:
         return None
-    dz = optimize.brentq(lambda d: paired_t_power(d, n, alpha) - power, 1e-9, 1e3)
-    return float(dz * sd_diff)
+    if control not in results.variants:
+        return None
+    shares = []
+    for seed, run in results.variants[PER_LAYER].runs.items():
+        other = results.variants[control].runs.get(seed)
+        if run.ranks is None or other is None or other.ranks is None:
+            continue
+        share = controls.moved_fraction(run.ranks, other.ranks, results.module_costs)
+        if share is not None:
+            shares.append(share)
+    return float(np.mean(shares)) if shares else None
 
 
 def placement_summary(
@@ -99,8 +109,8 @@ def placement_summary(
     decision: Contrast | None,
     metric: str,
     alpha: float,
-    power: float,
     threshold: float,
+    min_moved: float,
 ) -> Placement:
     notes: list[str] = []
     agreement, why = rank_agreement(results)
@@ -109,23 +119,30 @@ def placement_summary(
     percentile, perm_p, why = shuffle_percentile(results, metric)
     if why:
         notes.append(f"shuffle percentile: {why}")
-    mde = None
-    if decision is not None:
-        mde = min_detectable_effect(decision.sd_diff, decision.n_seeds, alpha, power)
-        if mde is None:
-            notes.append(
-                "smallest detectable effect: needs >= 2 paired seeds and a positive sd of the "
-                f"differences in {decision.a} vs {decision.b}"
-            )
+    mde = None if decision is None else decision.min_detectable_effect
+    if decision is not None and mde is None:
+        notes.append(
+            "smallest detectable effect: needs >= 2 paired seeds and a positive sd of the "
+            f"differences in {decision.a} vs {decision.b}"
+        )
     for name, control in (("seed's", SEED_RULE_SHUFFLE), ("within-type", WITHIN_TYPE_SHUFFLE)):
         if changed_fraction(results, control) is None:
             notes.append(f"{name} shuffle changed fraction: no recorded ranks for {control}")
+    moved = moved_fraction(results, WITHIN_TYPE_SHUFFLE)
+    if moved is None and WITHIN_TYPE_SHUFFLE in results.variants:
+        notes.append(
+            "moved share of parameters: unknown (the results carry no rank patterns or module "
+            "costs, as files written before schema 3): a placement FAIL is judged without it"
+        )
     return Placement(
         seed_rule_changed_fraction=changed_fraction(results, SEED_RULE_SHUFFLE),
         within_type_changed_fraction=changed_fraction(results, WITHIN_TYPE_SHUFFLE),
+        within_type_moved_fraction=moved,
+        min_moved_fraction=min_moved,
         rank_agreement_across_seeds=agreement,
         shuffle_percentile=percentile,
         shuffle_permutation_p=perm_p,
+        shuffle_permutation_significant=None if perm_p is None else perm_p <= alpha,
         min_detectable_effect=mde,
         threshold=threshold,
         decision_contrast=None if decision is None else f"{decision.a}_vs_{decision.b}",

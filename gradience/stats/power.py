@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from scipy import stats
+from scipy import optimize, stats
 
 #: Beyond this the answer is "not feasible", not a number anyone would run.
 MAX_SEEDS = 100_000
@@ -56,3 +56,14 @@ def seeds_for_power(dz: float | None, alpha: float, power: float = 0.8) -> Seeds
         else:
             low = mid
     return SeedsNeeded(high)
+
+
+def min_detectable_effect(
+    sd_diff: float | None, n: int, alpha: float, power: float
+) -> float | None:
+    """Smallest true mean difference the one-sided paired t at ``alpha`` detects with ``power``
+    over ``n`` seeds, given the sd of the paired differences (None if undefined)."""
+    if sd_diff is None or not math.isfinite(sd_diff) or sd_diff <= 0 or n < 2:
+        return None
+    dz = optimize.brentq(lambda d: paired_t_power(d, n, alpha) - power, 1e-9, 1e3)
+    return float(dz * sd_diff)

@@ -11,6 +11,11 @@ does not depend on rank, 0.5 that it grows like √r.
 * across variants (``pooled_dependence``): groups are (seed, module), so one module trained at
   different ranks by different variants of a seed is compared with itself: the cleanest
   reading of what rank alone does to the update's size.
+
+Both are computed over *trained* variants only: the truncation arm's variants
+(:data:`gradience.results.TRUNCATED_VARIANTS`) took no optimiser step; their norms are the
+probe's spectrum cut at each rank, which grows with rank by construction and says nothing about
+step size.
 """
 
 from __future__ import annotations
@@ -20,7 +25,10 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from gradience.results import AggregatedResults, RankDependence
+from gradience.results import TRUNCATED_VARIANTS, AggregatedResults, RankDependence
+
+#: Variants evaluated without training (0 steps): left out of every step-size slope.
+EVALUATION_ONLY = frozenset(TRUNCATED_VARIANTS)
 
 
 def module_type(name: str) -> str:
@@ -70,9 +78,11 @@ def variant_points(
 
 
 def update_norm_dependence(results: AggregatedResults) -> dict[str, RankDependence]:
-    """One RankDependence per variant whose runs recorded ranks and update norms."""
+    """One RankDependence per trained variant whose runs recorded ranks and update norms."""
     out: dict[str, RankDependence] = {}
     for variant, aggregate in results.variants.items():
+        if variant in EVALUATION_ONLY:
+            continue
         points: list[tuple[str, int, float]] = []
         for run in aggregate.runs.values():
             if run.ranks and run.update_norms:
@@ -83,9 +93,12 @@ def update_norm_dependence(results: AggregatedResults) -> dict[str, RankDependen
 
 
 def pooled_dependence(results: AggregatedResults) -> RankDependence:
-    """Every variant together, one intercept per (seed, module): a module against itself."""
+    """Every trained variant together, one intercept per (seed, module): a module against
+    itself (the truncation arm's evaluation-only variants left out)."""
     points: list[tuple[str, int, float]] = []
-    for aggregate in results.variants.values():
+    for variant, aggregate in results.variants.items():
+        if variant in EVALUATION_ONLY:
+            continue
         for seed, run in aggregate.runs.items():
             if run.ranks and run.update_norms:
                 points += variant_points(run.ranks, run.update_norms, group_prefix=seed)

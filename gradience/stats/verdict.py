@@ -1,65 +1,76 @@
-"""The verdict: which of the seed's three scenarios the data support, or "inconclusive".
+"""The verdict: which of the seed's scenarios the data support, or "inconclusive".
 
 Contrasts (τ_E = hypothesis.compression_threshold, τ_M = hypothesis.mechanism_threshold,
 α = hypothesis.alpha, d_min = hypothesis.min_effect_size):
 
 * E, compression efficacy: per_layer vs probe.
-* M, placement, decided on the parameter-matched contrast per_layer vs
-  per_layer_shuffled_within_type (ranks permuted only among modules of one type, so both
-  variants train exactly as many parameters). The seed's shuffle (per_layer vs
-  per_layer_shuffled) moves rank between module types of different sizes and so also changes
-  the parameter count; it is reported beside M with its parameter ratio, and stands in for M
-  only when no within-type shuffle ran and its ratio lies within 0.95-1.05. Otherwise
-  placement is undecided: a difference could be capacity.
+* M, placement: per_layer vs per_layer_shuffled_within_type (ranks permuted only among modules
+  of one name suffix and shape, so both train exactly as many parameters). The seed's shuffle
+  (per_layer vs per_layer_shuffled) also moves rank between module types of different sizes;
+  it stands in for M only when no within-type shuffle ran and its parameter ratio lies within
+  0.95-1.05, and is otherwise secondary: reported with its ratio, outside the family.
 * H, heterogeneity: per_layer vs uniform_matched (one uniform rank at per_layer's parameter
-  budget), judged with τ_M at α. It is looked at only when E passes and M fails (a fixed
-  sequence), to say whether heterogeneous ranks, placed anywhere, beat uniform ones.
+  budget), judged with τ_M at α as a fixed sequence after E passes and M fails. Its parameter
+  ratio must lie within 0.95-1.05, else H is UNDETERMINED (a difference could be capacity).
 
-The decision p is the seed-level one-sided paired t-test, Holm-adjusted over the primary
-contrasts present (E and both placement contrasts); the 95% CI is the t interval of the mean
-paired difference over seeds. Each contrast gets one of three outcomes:
+**One family, one error rate.** The primary family is E and M (m = the number present: 2
+whenever a placement contrast can be computed). For each primary contrast, over its paired
+seeds:
 
-* PASS   E: mean diff > τ_E  and  Holm p < α  and  Cohen's d > d_min.
-         M: mean diff > τ_M  and  Holm p < α.
-* FAIL   the data rule out a benefit as large as the threshold: the upper end of the 95% CI
-         of the mean diff is below τ (a one-sided test of H0: diff >= τ at level 0.025).
-         A non-significant p alone is never a FAIL: absence of evidence is not evidence of
-         absence.
-* UNDETERMINED   anything else (including any statistic that is undefined: < 2 seeds, zero
-         variance, a missing variant).
+* PASS   Holm-adjusted one-sided paired t p < α (significant against 0 at the family-wise
+         level), the point estimate above τ, and for E Cohen's d > d_min: the seed's rule. The
+         reason says whether the family-wise interval also excludes values below τ, or
+         whether the rule passed on the point estimate alone.
+* FAIL   the one-sided upper confidence bound at level α/m lies below τ: a benefit as large
+         as the threshold is ruled out at the same family-wise error rate as PASS (with m = 2
+         and α = 0.05 that bound is the upper end of the familiar two-sided 95% t interval).
+         A placement FAIL also needs the shuffle to have moved enough of per_layer's
+         parameters (``hypothesis.min_moved_fraction``; unknown for results without rank
+         patterns, then judged without it): a shuffle that moves almost nothing cannot show
+         that placement does not matter.
+* UNDETERMINED   anything else (including any undefined statistic: < 2 seeds, zero
+         variance, a missing variant); the reason says what the run could have detected.
 
-Labels:
+The family-wise interval (``Contrast.decision_ci``) is the two-sided t interval at confidence
+1 - 2α/m; H uses m = 1 (one-sided at α).
 
-* ``real_mechanism``      E PASS and M PASS: audit-guided placement beats the same ranks
-                          placed at random at the same parameter count, and per_layer beats
-                          the probe                                       (seed scenario 1)
-* ``heterogeneity_only``  E PASS, M FAIL and H PASS: heterogeneous ranks help, where they go
-                          does not                                        (seed scenario 2)
-* ``compression_only``    E PASS, M FAIL, H not PASS (or uniform_matched not run): the audited
-                          ranks beat the probe, placement does not matter, and that
-                          heterogeneity itself helps is not shown
-* ``no_benefit``          E FAIL and M not PASS                          (seed scenario 3)
-* ``inconclusive``        every other combination; the reasons say which criterion is
-                          undetermined and why (e.g. "effect above threshold but
-                          underpowered: k seeds needed", from the noncentral t at the
-                          observed d_z), or that the outcomes fit no scenario (E FAIL, M PASS).
+**Labels** (every contrast a label's sentence speaks about must be decided):
 
-Every verdict is conditional on the alpha policy the variants trained under (how LoRA's
-scaling follows rank, and so how update size depends on rank); the verdict names it.
+==========  ==========  ==============  ======================
+E           M           H               label
+==========  ==========  ==============  ======================
+PASS        PASS        any             ``real_mechanism``
+PASS        FAIL        PASS            ``heterogeneity_only``
+PASS        FAIL        FAIL            ``compression_only``
+PASS        FAIL        not run         ``compression_only`` (heterogeneity: not tested)
+PASS        FAIL        UNDETERMINED    ``inconclusive``
+FAIL        FAIL        any             ``no_benefit``
+FAIL        PASS        any             ``inconclusive`` (decided, but no scenario fits)
+FAIL        UNDETERMINED any            ``inconclusive``
+PASS        UNDETERMINED any            ``inconclusive``
+UNDETERMINED any        any             ``inconclusive``
+==========  ==========  ==============  ======================
 
-The item-level pooled bootstrap never changes the label. It is reported beside the seed-level
-test, and when the two disagree at α the reasons say so and why (items are not the unit of
-replication: a difference can be far outside item-sampling noise in these runs yet not
-replicate across training seeds, or vice versa).
+An ``inconclusive`` verdict states the decided parts and, for each undetermined contrast, the
+smallest effect this run could detect next to its threshold.
+
+Optional extra contrasts (``--contrast``) never change the label: the verdict reads only E,
+M (or the seed's shuffle standing in) and H.
+
+Every verdict is conditional on the alpha policy the variants trained under; the verdict names
+it. The item-level pooled bootstrap never changes the label: when it and the seed-level test
+disagree, the reasons say why (seeds are the unit of replication).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from enum import Enum
 
 from gradience.config import HypothesisConfig
 from gradience.results import Contrast, Verdict
+from gradience.stats.seed_level import mean_diff
 
 
 class Outcome(str, Enum):
@@ -74,22 +85,45 @@ class Judgement:
     reason: str
 
 
+#: Parameter ratios within which a control counts as matched in capacity.
+PARAM_RATIO_BAND = (0.95, 1.05)
+
+
+def decision_interval(c: Contrast, alpha: float, family_size: int) -> tuple[float, float] | None:
+    """The family-wise interval: two-sided t interval at 1 - 2α/m over the paired seeds."""
+    if len(c.values_a) < 2 or len(c.values_a) != len(c.values_b):
+        return None
+    return mean_diff(c.values_a, c.values_b, confidence=1 - 2 * alpha / family_size).ci95
+
+
+def set_decision_interval(c: Contrast, alpha: float, family_size: int) -> None:
+    """Fill ``decision_ci`` and ``decision_confidence`` in place."""
+    c.decision_confidence = 1 - 2 * alpha / family_size
+    c.decision_ci = decision_interval(c, alpha, family_size)
+
+
 def _fmt(x: float | None, signed: bool = True) -> str:
     if x is None:
         return "undefined"
     return f"{x:+.4f}" if signed else f"{x:.4g}"
 
 
-def _ci(c: Contrast) -> str:
-    return "undefined" if c.ci95 is None else f"[{c.ci95[0]:+.4f}, {c.ci95[1]:+.4f}]"
+def _interval(ci: tuple[float, float] | None) -> str:
+    return "undefined" if ci is None else f"[{ci[0]:+.4f}, {ci[1]:+.4f}]"
+
+
+def _level(c: Contrast) -> str:
+    confidence = c.decision_confidence if c.decision_confidence is not None else 0.95
+    return f"{confidence:.1%}".replace(".0%", "%")
 
 
 def _summary(c: Contrast) -> str:
     text = (
-        f"{c.a} - {c.b} = {_fmt(c.mean_diff)} over {c.n_seeds} seed(s), 95% CI {_ci(c)}, "
+        f"{c.a} - {c.b} = {_fmt(c.mean_diff)} over {c.n_seeds} seed(s), "
+        f"{_level(c)} family-wise interval {_interval(c.decision_ci)}, "
         f"paired t p = {_fmt(c.paired_t.p, False)}"
     )
-    return text + (f", Holm p = {_fmt(c.holm_p, False)}" if c.holm_family else " (fixed sequence)")
+    return text + (f", Holm p = {_fmt(c.holm_p, False)}" if c.holm_family else "")
 
 
 def _decision_p(c: Contrast) -> float | None:
@@ -97,81 +131,294 @@ def _decision_p(c: Contrast) -> float | None:
     return c.holm_p if c.holm_family else c.paired_t.p
 
 
-def _seeds_needed(c: Contrast, power: float) -> str:
-    if c.seeds_for_80pct_power is not None:
-        return (
-            f"{c.seeds_for_80pct_power} seeds needed for {power:.0%} power at the observed "
-            f"d_z = {c.cohens_dz:.2f}"
+def detectable(c: Contrast) -> str:
+    """What this run could have seen: the smallest effect detectable at the decision level."""
+    if c.min_detectable_effect is None:
+        return "the smallest detectable effect is undefined (needs >= 2 seeds and a positive sd)"
+    return (
+        f"the run could detect {c.min_detectable_effect:.3g} at the family-wise level, the "
+        f"threshold is {c.threshold:g}"
+        + (
+            f"; about {c.seeds_for_80pct_power_at_threshold} seeds would detect the threshold"
+            if c.seeds_for_80pct_power_at_threshold is not None
+            else ""
         )
-    return "seeds needed: undefined"
+    )
 
 
 def judge(
-    c: Contrast | None,
-    name: str,
-    threshold: float,
-    alpha: float,
-    min_d: float | None,
-    power: float = 0.8,
+    c: Contrast | None, name: str, threshold: float, alpha: float, min_d: float | None
 ) -> Judgement:
-    """PASS / FAIL / UNDETERMINED for one contrast, with a sentence saying why (see module doc)."""
+    """PASS / FAIL / UNDETERMINED for one contrast, with a sentence saying why (module doc).
+
+    Reads the contrast's ``decision_ci`` (see :func:`set_decision_interval`) and its Holm p
+    (or raw p for a fixed-sequence contrast).
+    """
     if c is None or c.mean_diff is None:
         why = "; ".join(c.notes) if c is not None and c.notes else "no paired seeds"
         return Judgement(Outcome.UNDETERMINED, f"{name} undetermined: {why}")
     head = f"{name}: {_summary(c)}"
-    if c.ci95 is not None and c.ci95[1] < threshold:
+    if c.decision_ci is not None and c.decision_ci[1] < threshold:
         return Judgement(
             Outcome.FAIL,
-            f"{name} FAILS: {_summary(c)}; the CI lies entirely below "
-            f"the threshold {threshold:g}, so a benefit of that size is ruled out",
+            f"{name} FAILS: {_summary(c)}; the interval's upper end (a one-sided bound at the "
+            f"family-wise level) lies below the threshold {threshold:g}, so a benefit of that "
+            "size is ruled out",
         )
     decision_p = _decision_p(c)
     if decision_p is None:
-        reason = c.paired_t.reason or "the Holm-adjusted p is undefined"
+        reason = c.paired_t.reason or "the decision p is undefined"
         reason += "".join(f"; {note}" for note in c.notes if "same items" in note)
         return Judgement(Outcome.UNDETERMINED, f"{head}; undetermined: {reason}")
-    significant = decision_p < alpha
-    above = c.mean_diff > threshold
+    significant, above = decision_p < alpha, c.mean_diff > threshold
     if above and significant:
-        if min_d is None or (c.cohens_d is not None and c.cohens_d > min_d):
-            d_text = "" if min_d is None else f", Cohen's d = {c.cohens_d:.2f} > {min_d:g}"
-            one_sided = ""
-            if c.ci95 is not None and c.ci95[0] <= 0:
-                one_sided = (
-                    " (the test is one-sided at the Holm level; the two-sided 95% CI reaching "
-                    "0 corresponds to a one-sided 2.5% level)"
-                )
+        if min_d is not None and (c.cohens_d is None or c.cohens_d <= min_d):
             return Judgement(
-                Outcome.PASS,
-                f"{name} PASSES: {_summary(c)}; above the threshold "
-                f"{threshold:g} and significant at {alpha:g}{d_text}{one_sided}",
+                Outcome.UNDETERMINED,
+                f"{head}; significant and above the threshold, but "
+                f"Cohen's d = {_fmt(c.cohens_d, False)} is not above {min_d:g}",
+            )
+        d_text = "" if min_d is None else f", Cohen's d = {c.cohens_d:.2f} > {min_d:g}"
+        low = None if c.decision_ci is None else c.decision_ci[0]
+        if low is not None and low > threshold:
+            beyond = f"; the interval also excludes every value below the threshold {threshold:g}"
+        else:
+            beyond = (
+                f"; the interval still reaches below the threshold {threshold:g} (lower end "
+                f"{_fmt(low)}): the rule passes on the point estimate, and a true difference "
+                "under the threshold is not ruled out"
             )
         return Judgement(
-            Outcome.UNDETERMINED,
-            f"{head}; significant and above the threshold, but "
-            f"Cohen's d = {_fmt(c.cohens_d, False)} is not above {min_d:g}",
+            Outcome.PASS,
+            f"{name} PASSES: {_summary(c)}; significant against 0 at the family-wise level "
+            f"{alpha:g}, point estimate above the threshold {threshold:g}{d_text}{beyond}",
         )
     if above:
+        why = f"above the threshold {threshold:g} but not significant at {alpha:g}"
+    else:
+        why = (
+            f"not above the threshold {threshold:g}, but the interval still reaches it: a "
+            "benefit of that size is not ruled out"
+        )
+    return Judgement(Outcome.UNDETERMINED, f"{head}; undetermined: {why}; {detectable(c)}")
+
+
+@dataclass(frozen=True)
+class PlacementContrasts:
+    """What the placement and heterogeneity judgements read (None: not in the results)."""
+
+    matched: Contrast | None = None
+    seed_rule: Contrast | None = None
+    heterogeneity: Contrast | None = None
+    #: Share of per_layer's parameters the within-type shuffle moved (None: unknown).
+    moved_fraction: float | None = None
+
+
+def in_band(c: Contrast | None) -> bool:
+    low, high = PARAM_RATIO_BAND
+    return c is not None and c.param_ratio is not None and low <= c.param_ratio <= high
+
+
+def _ratio(c: Contrast | None) -> str:
+    return "undefined" if c is None or c.param_ratio is None else f"{c.param_ratio:.3f}"
+
+
+def placement_decider(placement: PlacementContrasts) -> Contrast | None:
+    """The contrast that decides M: the within-type shuffle, else the seed's when in band."""
+    if placement.matched is not None:
+        return placement.matched
+    return placement.seed_rule if in_band(placement.seed_rule) else None
+
+
+def judge_placement(
+    placement: PlacementContrasts,
+    hypothesis: HypothesisConfig,
+    decided: Judgement | None = None,
+) -> tuple[Judgement, list[str]]:
+    """M's outcome (see module doc) and the sentences about the secondary placement contrast.
+
+    ``decided``: the decider's judgement made elsewhere (the sequential rule); the moved-share
+    check still applies to its FAIL."""
+    tau, alpha = hypothesis.mechanism_threshold, hypothesis.alpha
+    notes: list[str] = []
+    decider = placement_decider(placement)
+    seed_rule = placement.seed_rule
+    if decider is None:
+        if seed_rule is None:
+            why = "neither per_layer_shuffled_within_type nor per_layer_shuffled is in the results"
+        else:
+            why = (
+                "no parameter-matched shuffle (per_layer_shuffled_within_type) ran, and the "
+                f"seed's shuffle changes the parameter count (per_layer / shuffle = "
+                f"{_ratio(seed_rule)}, outside {PARAM_RATIO_BAND[0]}-{PARAM_RATIO_BAND[1]}), so "
+                "a difference could be capacity, not placement"
+            )
+        return Judgement(Outcome.UNDETERMINED, f"placement undetermined: {why}"), notes
+    if decider is seed_rule:
+        notes.append(
+            "No within-type shuffle ran; the seed's shuffle stands in because its parameter "
+            f"ratio {_ratio(seed_rule)} lies within {PARAM_RATIO_BAND[0]}-{PARAM_RATIO_BAND[1]}."
+        )
+        m = decided or judge(seed_rule, "placement (seed's shuffle)", tau, alpha, None)
+    else:
+        m = decided or judge(decider, "placement (parameter-matched)", tau, alpha, None)
+        if seed_rule is not None and seed_rule.mean_diff is not None:
+            notes.append(
+                f"secondary, outside the family: per_layer - the seed's shuffle = "
+                f"{_fmt(seed_rule.mean_diff)}, 95% CI {_interval(seed_rule.ci95)}, parameter "
+                f"ratio {_ratio(seed_rule)} (it moves rank between module types of different "
+                "sizes, so it mixes placement with capacity; it decides nothing)"
+            )
+    moved, minimum = placement.moved_fraction, hypothesis.min_moved_fraction
+    if m.outcome is Outcome.FAIL and decider is placement.matched:
+        if moved is None:
+            notes.append(
+                "the share of parameters the within-type shuffle moved is unknown (no rank "
+                "patterns or module shapes in the results): the FAIL is judged without it"
+            )
+        elif moved < minimum:
+            return (
+                Judgement(
+                    Outcome.UNDETERMINED,
+                    f"{m.reason}; but the within-type shuffle moved only {moved:.1%} of "
+                    f"per_layer's parameters (minimum {minimum:.0%}): it is nearly the same "
+                    "adapter, so placement is undetermined, not ruled out",
+                ),
+                notes,
+            )
+    return m, notes
+
+
+def judge_heterogeneity(c: Contrast | None, hypothesis: HypothesisConfig) -> Judgement:
+    """H at α as a fixed sequence, only with uniform_matched's capacity within the band."""
+    name = "heterogeneity (per_layer vs uniform_matched)"
+    if c is not None and c.mean_diff is not None and not in_band(c):
         return Judgement(
             Outcome.UNDETERMINED,
-            f"{head}; effect above the threshold {threshold:g} but "
-            f"not significant at {alpha:g}: underpowered, {_seeds_needed(c, power)}",
+            f"{name} undetermined: per_layer / uniform_matched parameter ratio {_ratio(c)} lies "
+            f"outside {PARAM_RATIO_BAND[0]}-{PARAM_RATIO_BAND[1]}, so a difference could be "
+            "capacity",
         )
-    return Judgement(
-        Outcome.UNDETERMINED,
-        f"{head}; the effect is not above the threshold "
-        f"{threshold:g}, but the CI still includes it: a benefit of that size is not "
-        f"ruled out{_threshold_seeds(c, power)}",
-    )
+    return judge(c, name, hypothesis.mechanism_threshold, hypothesis.alpha, None)
 
 
-def _threshold_seeds(c: Contrast, power: float) -> str:
-    n = c.seeds_for_80pct_power_at_threshold
-    return (
-        ""
-        if n is None
-        else f" ({n} seeds give {power:.0%} power for a true difference at the threshold)"
+_CONCLUSIONS = {
+    "real_mechanism": "Audit-guided placement helps: per_layer beats the same ranks shuffled "
+    "within module type (same parameter count), and per_layer beats the probe.",
+    "heterogeneity_only": "Per-layer ranks beat the probe and beat one uniform rank at the same "
+    "parameter budget, but a benefit of placement as large as the threshold is ruled out: "
+    "heterogeneity helps, the audit's placement does not.",
+    "compression_only": "Per-layer ranks beat the probe, but a benefit as large as the "
+    "threshold is ruled out both for the audit's placement over random placement and for "
+    "heterogeneous over uniform ranks at the same budget: compression helps, placement does not.",
+    "compression_only_untested": "Per-layer ranks beat the probe, and a benefit of the audit's "
+    "placement as large as the threshold is ruled out; whether heterogeneous ranks beat one "
+    "uniform rank of the same budget was not tested (uniform_matched did not run).",
+    "no_benefit": "Neither per_layer's gain over the probe nor its placement's gain over random "
+    "placement reaches its threshold: both are ruled out at the family-wise level.",
+}
+
+
+def label_of(e: Outcome, m: Outcome, h: Outcome | None) -> str:
+    """The decision table of the module docstring (h None: uniform_matched not run)."""
+    if e is Outcome.PASS and m is Outcome.PASS:
+        return "real_mechanism"
+    if e is Outcome.PASS and m is Outcome.FAIL:
+        if h is None or h is Outcome.FAIL:
+            return "compression_only"
+        return "heterogeneity_only" if h is Outcome.PASS else "inconclusive"
+    if e is Outcome.FAIL and m is Outcome.FAIL:
+        return "no_benefit"
+    return "inconclusive"
+
+
+def decide(
+    efficacy: Contrast | None,
+    placement: PlacementContrasts,
+    hypothesis: HypothesisConfig,
+    alpha_policy: str | None = None,
+    decided: Mapping[str, Judgement] | None = None,
+) -> Verdict:
+    """Apply the decision rule of the module docstring; each judged contrast gets its outcome.
+
+    ``decided``: judgements of ``"efficacy"`` and ``"placement"`` made by the sequential rule
+    (:mod:`gradience.stats.sequential`) instead of the fixed-sample one; the label table and
+    everything else are the same."""
+    decided = decided or {}
+    e = decided.get("efficacy") or judge(
+        efficacy,
+        "compression efficacy",
+        hypothesis.compression_threshold,
+        hypothesis.alpha,
+        hypothesis.min_effect_size,
     )
+    m, placement_notes = judge_placement(placement, hypothesis, decided.get("placement"))
+    h = None
+    if placement.heterogeneity is not None:
+        h = judge_heterogeneity(placement.heterogeneity, hypothesis)
+        placement.heterogeneity.outcome = h.outcome.value
+    for contrast, judgement in ((efficacy, e), (placement_decider(placement), m)):
+        if contrast is not None:
+            contrast.outcome = judgement.outcome.value
+    label = label_of(e.outcome, m.outcome, None if h is None else h.outcome)
+    if label == "inconclusive":
+        lead = _inconclusive_lead(e, m, h)
+    elif label == "compression_only" and h is None:
+        lead = _CONCLUSIONS["compression_only_untested"]
+    else:
+        lead = _CONCLUSIONS[label]
+    if alpha_policy:
+        lead += f" Conditional on the alpha policy '{alpha_policy}'."
+    reasons = [lead, e.reason, m.reason, *placement_notes]
+    if h is not None and e.outcome is Outcome.PASS and m.outcome is Outcome.FAIL:
+        reasons.append(h.reason)
+    elif h is not None:
+        reasons.append(f"(read only after E passes and placement fails) {h.reason}")
+    reasons += _direction_notes(efficacy, placement_decider(placement))
+    reasons += [
+        r
+        for r in (
+            _item_disagreement(efficacy, "compression efficacy", hypothesis.alpha),
+            _item_disagreement(placement_decider(placement), "placement", hypothesis.alpha),
+        )
+        if r
+    ]
+    return Verdict(label=label, reasons=reasons, alpha_policy=alpha_policy)
+
+
+def _inconclusive_lead(e: Judgement, m: Judgement, h: Judgement | None) -> str:
+    if e.outcome is Outcome.FAIL and m.outcome is Outcome.PASS:
+        return (
+            "Inconclusive: both primary contrasts are decided, but no seed scenario fits: "
+            "placement matters (per_layer beats the same ranks shuffled) while per_layer's gain "
+            "over the probe is ruled out at the compression threshold."
+        )
+    names = {"compression efficacy": e.outcome, "placement": m.outcome}
+    if h is not None and e.outcome is Outcome.PASS and m.outcome is Outcome.FAIL:
+        names["heterogeneity"] = h.outcome
+    decided = [
+        f"{n} {'passes' if o is Outcome.PASS else 'fails'}"
+        for n, o in names.items()
+        if o is not Outcome.UNDETERMINED
+    ]
+    open_ = [n for n, o in names.items() if o is Outcome.UNDETERMINED]
+    text = "Inconclusive: " + (f"{'; '.join(decided)}; " if decided else "")
+    return text + f"{' and '.join(open_)} undetermined (see below for what this run could detect)."
+
+
+def _direction_notes(efficacy: Contrast | None, placement: Contrast | None) -> list[str]:
+    notes = []
+    if efficacy is not None and efficacy.decision_ci is not None and efficacy.decision_ci[1] < 0:
+        notes.append(
+            "per_layer is worse than the probe (the family-wise interval of the difference lies "
+            "below 0): compressing to the audited ranks costs accuracy."
+        )
+    if placement is not None and placement.decision_ci is not None and placement.decision_ci[1] < 0:
+        notes.append(
+            f"{placement.b} beats per_layer (the family-wise interval lies below 0): the audit's "
+            "placement is worse than random placement."
+        )
+    return notes
 
 
 def _item_disagreement(c: Contrast | None, name: str, alpha: float) -> str | None:
@@ -196,180 +443,3 @@ def _item_disagreement(c: Contrast | None, name: str, alpha: float) -> str | Non
         "The shift is consistent across seeds, but small next to the sampling noise of the "
         "eval items (and the bootstrap counts item noise twice); the seed-level test decides."
     )
-
-
-#: Parameter ratios within which the seed's shuffle may stand in for the matched one.
-PARAM_RATIO_BAND = (0.95, 1.05)
-
-_LABELS = {
-    (Outcome.PASS, Outcome.PASS): "real_mechanism",
-    (Outcome.PASS, Outcome.FAIL): "heterogeneity_only",
-    (Outcome.FAIL, Outcome.FAIL): "no_benefit",
-    (Outcome.FAIL, Outcome.UNDETERMINED): "no_benefit",
-}
-
-_CONCLUSIONS = {
-    "real_mechanism": "Audit-guided placement helps: per_layer beats the same ranks shuffled within "
-    "module type (same parameter count), and per_layer beats the probe.",
-    "heterogeneity_only": "Per-layer ranks beat the probe and beat one uniform rank at the same "
-    "parameter budget, but placing the same ranks at random does as well: heterogeneity helps, "
-    "the audit's placement does not.",
-    "compression_only": "Per-layer ranks beat the probe, but placing the same ranks at random "
-    "does as well; that heterogeneous ranks beat a uniform rank of the same budget is not shown: "
-    "compression helps, placement does not.",
-    "no_benefit": "Per-layer ranks do not beat the probe by the compression threshold on this task/model.",
-}
-
-
-@dataclass(frozen=True)
-class PlacementContrasts:
-    """The contrasts the placement and heterogeneity judgements read (None: not in the results)."""
-
-    matched: Contrast | None = None
-    seed_rule: Contrast | None = None
-    heterogeneity: Contrast | None = None
-
-
-def _ratio(c: Contrast | None) -> str:
-    return "undefined" if c is None or c.param_ratio is None else f"{c.param_ratio:.3f}"
-
-
-def _in_band(c: Contrast) -> bool:
-    low, high = PARAM_RATIO_BAND
-    return c.param_ratio is not None and low <= c.param_ratio <= high
-
-
-def judge_placement(
-    placement: PlacementContrasts, hypothesis: HypothesisConfig
-) -> tuple[Judgement, list[str]]:
-    """M's outcome (see module doc) and the sentences about the two placement contrasts."""
-    alpha, tau, power = hypothesis.alpha, hypothesis.mechanism_threshold, hypothesis.power
-    notes: list[str] = []
-    seed_rule = None
-    if placement.seed_rule is not None:
-        seed_rule = judge(
-            placement.seed_rule, "placement (seed's shuffle)", tau, alpha, None, power
-        )
-    if placement.matched is not None:
-        m = judge(placement.matched, "placement (parameter-matched)", tau, alpha, None, power)
-        if seed_rule is not None and seed_rule.outcome is not m.outcome:
-            if _in_band(placement.seed_rule):
-                why = (
-                    f"Both train about as many parameters (ratio {_ratio(placement.seed_rule)}), "
-                    "so the difference is in what the data show, not in capacity: each shuffle is "
-                    "one random placement, and the two move different modules."
-                )
-            else:
-                why = (
-                    f"The seed's shuffle moves rank between module types of different sizes "
-                    f"(per_layer / shuffle parameter ratio {_ratio(placement.seed_rule)}), so its "
-                    "difference mixes placement with capacity."
-                )
-            notes.append(
-                f"The two placement contrasts disagree: per_layer vs the within-type shuffle is "
-                f"{m.outcome.value.upper()}, per_layer vs the seed's shuffle is "
-                f"{seed_rule.outcome.value.upper()}. {why} The parameter-matched contrast decides."
-            )
-        if seed_rule is not None:
-            notes.append(f"{seed_rule.reason} (parameter ratio {_ratio(placement.seed_rule)})")
-        return m, notes
-    if placement.seed_rule is not None and seed_rule is not None:
-        if _in_band(placement.seed_rule):
-            notes.append(
-                f"No within-type shuffle ran; the seed's shuffle stands in because its parameter "
-                f"ratio {_ratio(placement.seed_rule)} lies within {PARAM_RATIO_BAND[0]}-"
-                f"{PARAM_RATIO_BAND[1]}."
-            )
-            return seed_rule, notes
-        return (
-            Judgement(
-                Outcome.UNDETERMINED,
-                f"placement undetermined: no parameter-matched shuffle "
-                f"(per_layer_shuffled_within_type) ran, and the seed's shuffle changes the "
-                f"parameter count (per_layer / shuffle = {_ratio(placement.seed_rule)}, outside "
-                f"{PARAM_RATIO_BAND[0]}-{PARAM_RATIO_BAND[1]}), so a difference could be capacity, "
-                f"not placement; {seed_rule.reason}",
-            ),
-            notes,
-        )
-    return (
-        Judgement(
-            Outcome.UNDETERMINED,
-            "placement undetermined: neither per_layer_shuffled_within_type nor "
-            "per_layer_shuffled is in the results",
-        ),
-        notes,
-    )
-
-
-def decide(
-    efficacy: Contrast | None,
-    placement: PlacementContrasts,
-    hypothesis: HypothesisConfig,
-    alpha_policy: str | None = None,
-) -> Verdict:
-    """Apply the decision rule of the module docstring."""
-    alpha = hypothesis.alpha
-    e = judge(
-        efficacy,
-        "compression efficacy",
-        hypothesis.compression_threshold,
-        alpha,
-        hypothesis.min_effect_size,
-        hypothesis.power,
-    )
-    m, placement_notes = judge_placement(placement, hypothesis)
-    label = _LABELS.get((e.outcome, m.outcome), "inconclusive")
-    h_reason = None
-    if label == "heterogeneity_only":
-        h = judge(
-            placement.heterogeneity,
-            "heterogeneity (per_layer vs uniform_matched)",
-            hypothesis.mechanism_threshold,
-            alpha,
-            None,
-            hypothesis.power,
-        )
-        h_reason = h.reason
-        if h.outcome is not Outcome.PASS:
-            label = "compression_only"
-    lead = (
-        _inconclusive_lead(e.outcome, m.outcome) if label == "inconclusive" else _CONCLUSIONS[label]
-    )
-    if alpha_policy:
-        lead += f" Conditional on the alpha policy '{alpha_policy}'."
-    reasons = [lead, e.reason, m.reason, *placement_notes]
-    if h_reason:
-        reasons.append(h_reason)
-    mechanism = placement.matched or placement.seed_rule
-    reasons += [
-        r
-        for r in (
-            _item_disagreement(efficacy, "compression efficacy", alpha),
-            _item_disagreement(mechanism, "placement", alpha),
-        )
-        if r
-    ]
-    if efficacy is not None and efficacy.ci95 is not None and efficacy.ci95[1] < 0:
-        reasons.append(
-            "per_layer is worse than the probe (the 95% CI of the difference lies below 0): "
-            "compressing to the audited ranks costs accuracy."
-        )
-    if mechanism is not None and mechanism.ci95 is not None and mechanism.ci95[1] < 0:
-        reasons.append(
-            f"{mechanism.b} beats per_layer (the 95% CI of the difference lies below 0): "
-            "the audit's placement is worse than random placement."
-        )
-    return Verdict(label=label, reasons=reasons, alpha_policy=alpha_policy)
-
-
-def _inconclusive_lead(e: Outcome, m: Outcome) -> str:
-    if e is Outcome.FAIL and m is Outcome.PASS:
-        return (
-            "Inconclusive: no seed scenario fits. Placement matters (per_layer beats the shuffled "
-            "ranks) but per_layer does not beat the probe by the compression threshold."
-        )
-    undetermined = [
-        n for n, o in (("compression efficacy", e), ("placement", m)) if o is Outcome.UNDETERMINED
-    ]
-    return f"Inconclusive: {' and '.join(undetermined)} cannot be decided from these data."

@@ -1,10 +1,12 @@
 """Train one LoRA variant with the Hugging Face Trainer and save a verified adapter.
 
-Reads top to bottom: load → encode → seed → build (verified) → paired init → train → save.
-The seed is set before the PEFT model is built and given to the Trainer's sampler (data
-order), so every variant of one seed sees the same batches in the same order; with
+Reads top to bottom: load → encode → seed → build (verified) → paired init → reseed → train
+→ save. The seed is set before the PEFT model is built and given to the Trainer's sampler
+(data order), so every variant of one seed sees the same batches in the same order; with
 ``lora.paired_init`` every module's A is drawn from its own (seed, module) generator, so the
-variants also start from the same init wherever their ranks overlap — the paired design.
+variants also start from the same init wherever their ranks overlap; the global RNGs are
+reseeded just before the first step, so they also draw the same dropout masks — the paired
+design.
 """
 
 from __future__ import annotations
@@ -173,6 +175,7 @@ def train_and_keep(
     if cfg.train.save_steps is not None:
         write_json_atomic(checkpoint_dir / _RUN_MARKER, run_id)
     loop_started = time.perf_counter()
+    reseed_before_training(seed)  # last: nothing between here and the first step draws
     trainer.train(resume_from_checkpoint=resume)
     train_loop_s = time.perf_counter() - loop_started
     eval_loss = final_eval_loss(trainer, recorder) if eval_features else None
@@ -214,6 +217,24 @@ def train_and_keep(
     peft_model.config.use_cache = True
     peft_model.eval()
     return TrainedVariant(result, peft_model, tokenizer)
+
+
+def reseed_before_training(seed: int) -> None:
+    """Reset the python, numpy and torch RNGs to ``seed`` just before ``trainer.train()``.
+
+    Why: building the adapter draws PEFT's LoRA init from the global stream in rank-dependent
+    shapes, so afterwards the stream's position depends on the variant's ranks, and so may
+    whatever runs between building and training (a ``trainer_hook`` attaching callbacks). The
+    LoRA dropout masks (``lora.lora_dropout``) are drawn from that stream, with the input's
+    shape whatever the rank: reseeded here, every variant of one seed draws the same masks at
+    every step, in every module, as long as the variants adapt the same modules — the paired
+    design. The Trainer's own ``set_seed`` in its constructor comes earlier than the hook and
+    is its implementation detail, not a promise. A resumed run then restores the RNG states
+    saved with its checkpoint, which replace these.
+    """
+    from transformers import set_seed
+
+    set_seed(seed)
 
 
 def build_trainer(
