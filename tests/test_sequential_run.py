@@ -92,8 +92,11 @@ def test_a_killed_sequential_run_resumes_at_the_next_seed_and_records_every_look
     results = json.loads((run / "aggregated_results.json").read_text())
     assert results["seeds"] == [1, 2, 3, 4]  # random model: nothing decidable, so the cap
 
-    assert main(["mechanism", "analyze", str(run), "--no-report", "--json"]) == 0
+    assert main(["mechanism", "analyze", str(run), "--json"]) == 0
     analysis = json.loads((run / "mechanism_analysis.json").read_text())
     assert [look["n_seeds"] for look in analysis["looks"]] == [3, 4]
     assert analysis["sequential"]["max_seeds"] == 4
     assert analysis["registered_plan_hash"] == plan["plan_hash"] == analysis["plan_hash"]
+    report = (run / "report.md").read_text()
+    assert "## Sequential looks" in report
+    assert f"Analysis plan `{plan['plan_hash']}`, registered before the first seed" in report
