@@ -212,11 +212,11 @@ def test_without_a_placement_control_the_family_is_efficacy_alone_at_alpha(tmp_p
     assert plan["contrasts"][0]["level"] == 0.05
 
 
-def test_the_demo_config_accepts_being_underpowered(capsys):
+def test_the_demo_config_can_detect_both_thresholds_by_its_last_look(capsys):
     assert main(["mechanism", "power", "--config", str(DEMO), "--require-detectable"]) == 0
     out = capsys.readouterr().out
-    assert "placement: threshold 0.01 is NOT detectable at 7 seeds" in out
-    assert "accepted by hypothesis.accept_underpowered: true" in out
+    assert "placement: threshold 0.01 is detectable at 14 seeds" in out
+    assert "accept_underpowered" not in out
 
 
 def test_require_detectable_exits_3_when_underpowered(capsys):

@@ -3,7 +3,8 @@ primary contrast is decided or ``max_seeds`` is reached (``mechanism run --until
 
 Each step is an ordinary :func:`gradience.experiment.run_mechanism_test` on the first n seeds
 of ``train.seeds`` (finished jobs are reused, so a killed sequential run simply continues at
-the next seed when rerun), followed by a look: the group-sequential rule of
+the next seed when rerun; a step adds ``env.workers`` seeds on the local executor, see
+:func:`seeds_per_step`), followed by a look at every seed: the group-sequential rule of
 :mod:`gradience.stats.sequential`, replayed on the aggregated results exactly as the analysis
 replays it, decides whether to go on. The boundaries depend on ``max_seeds``, so it is fixed
 in the config (and the registered plan) before the first seed.
@@ -69,6 +70,7 @@ def run_until_decided(
     cap = cfg.hypothesis.max_seeds or len(cfg.train.seeds)
     seeds = list(cfg.train.seeds[:cap])
     n = cfg.hypothesis.min_seeds
+    stride = seeds_per_step(cfg, executor)
     while True:
         step = cfg.model_copy(deep=True)
         step.train.seeds = seeds[:n]
@@ -80,4 +82,14 @@ def run_until_decided(
         emit(sink, "", "message", text=f"sequential look after {n} seed(s): {summary['reason']}")
         if summary["stopped"] or n >= cap:
             return run
-        n += 1
+        n = min(n + stride, cap)
+
+
+def seeds_per_step(cfg: ExperimentConfig, executor: str | None = None) -> int:
+    """Seeds added per step: ``env.workers`` on the local executor, so that every worker has a
+    seed's probe to train (one seed at a time leaves all but one idle while its probe trains).
+    The rule still looks after every seed; a seed beyond the look that decides is reported as
+    not used by the rule. Ray: one (its cluster runs a seed's variants side by side)."""
+    if (executor or cfg.env.executor) != "local":
+        return 1
+    return max(1, cfg.env.workers)

@@ -170,6 +170,11 @@ def analyze(
         n_max = hypothesis.max_seeds or len(results.seeds)
         sequential = sequential_family(family, hypothesis, n_max)
         decided = judgements(family, sequential)
+        for contrast, seq in zip(family, sequential.contrasts, strict=True):
+            # the interval that decided: the deciding (or last) look's, at its level
+            if seq.last is not None and seq.last.bounds is not None:
+                contrast.decision_ci = seq.last.bounds
+                contrast.decision_confidence = 1 - 2 * seq.last.level_p
     verdict = decide(family[0], placement, hypothesis, results.alpha_policy, decided)
     plan = analysis_plan(hypothesis, list(results.variants), len(results.seeds))
     registered_hash = None if registered_plan is None else plan_hash(registered_plan)
