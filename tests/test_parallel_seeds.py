@@ -120,3 +120,24 @@ def test_workers_refuse_a_cuda_config():
     with pytest.raises(GradienceError) as error:
         check_cpu_only(cfg)
     assert error.value.field == "env.workers"
+
+
+def test_workers_kept_across_runs_give_the_results_of_one_process(runs, tmp_path):
+    """The sequential loop's steps share one set of workers (each job carries its own run)."""
+    from gradience.experiment.parallel import _SHARED, shared_workers
+
+    one, _, _ = runs
+    first = reduced_config(workers=2)
+    first.train.seeds = SEEDS[:1] + [7]  # a step whose seed list differs from the next one's
+    with shared_workers():
+        run_mechanism_test(first, tmp_path / "kept")
+        pool = _SHARED["workers"]
+        second = run_mechanism_test(reduced_config(workers=2), tmp_path / "kept")
+        assert _SHARED["workers"] is pool is not None  # the same processes served both
+    assert _SHARED["workers"] is None
+    assert second.complete
+    for seed in SEEDS:
+        for variant in VARIANTS:
+            a = outputs(one.run_dir, seed, variant)
+            b = outputs(second.run_dir, seed, variant)
+            assert a[:3] == b[:3], (seed, variant)

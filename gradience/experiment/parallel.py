@@ -26,10 +26,12 @@ processes do twice the work.
 
 from __future__ import annotations
 
+import contextlib
 import multiprocessing
 import multiprocessing.util
 import os
 import queue as queue_module
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -51,6 +53,65 @@ def worker_threads(num_threads: int | None, workers: int, cores: int | None = No
     return max(1, (cores or os.cpu_count() or 1) // workers)
 
 
+@dataclass
+class _Workers:
+    """A pool of spawned workers, its event queue and what the workers were started with."""
+
+    pool: Any
+    events: Any
+    key: tuple[object, ...]
+
+    def close(self, terminate: bool = False) -> None:
+        if terminate:
+            self.pool.terminate()
+        else:
+            self.pool.close()
+        self.pool.join()
+
+
+#: The pool kept across runs inside :func:`shared_workers` (None: none kept).
+_SHARED: dict[str, Any] = {"keep": False, "workers": None}
+
+
+@contextlib.contextmanager
+def shared_workers() -> Iterator[None]:
+    """Keep the worker processes between the runs made inside (the sequential loop's steps).
+
+    A step that spawned its own workers would import the training stack and load the base
+    model in each of them again (~5 s a step on 2 cores); jobs carry their own RunContext, so
+    workers started for the first step serve the next ones (a step whose training identity,
+    task, run folder or worker count differs gets fresh workers).
+    """
+    _SHARED["keep"] = True
+    try:
+        yield
+    finally:
+        _SHARED["keep"] = False
+        held, _SHARED["workers"] = _SHARED["workers"], None
+        if held is not None:
+            held.close()
+
+
+def _workers_for(ctx: plan.RunContext, task_data: TaskData, workers: int) -> _Workers:
+    threads = worker_threads(ctx.cfg.env.num_threads, workers)
+    key = (workers, threads, ctx.identity, ctx.cfg.task.model_dump_json(), str(ctx.run_dir))
+    held = _SHARED["workers"]
+    if held is not None and held.key == key:
+        return held
+    if held is not None:
+        held.close()
+        _SHARED["workers"] = None
+    spawn = multiprocessing.get_context("spawn")
+    events = spawn.Queue()
+    pool = spawn.Pool(
+        workers, initializer=_start_worker, initargs=(events, threads, ctx, task_data)
+    )
+    started = _Workers(pool, events, key)
+    if _SHARED["keep"]:
+        _SHARED["workers"] = started
+    return started
+
+
 def run_seeds_in_workers(
     ctx: plan.RunContext, task_data: TaskData, sink: EventSink | None = None
 ) -> dict[str, JobOutcome]:
@@ -62,12 +123,8 @@ def run_seeds_in_workers(
     seeds = list(ctx.cfg.train.seeds)
     variants = plan.trained_variants(ctx.cfg)[1:]
     workers = min(env.workers, len(seeds) * (len(variants) + 1))
-    spawn = multiprocessing.get_context("spawn")
-    events = spawn.Queue()
-    threads = worker_threads(env.num_threads, workers)
-    pool = spawn.Pool(
-        workers, initializer=_start_worker, initargs=(events, threads, ctx, task_data)
-    )
+    held = _workers_for(ctx, task_data, workers)
+    pool, events = held.pool, held.events
     ready: list[Job] = [
         Job(PROBE_PRIORITY, order, "probe", seed) for order, seed in enumerate(seeds)
     ]
@@ -80,7 +137,7 @@ def run_seeds_in_workers(
             ready.sort()
             while ready and len(running) < workers:
                 job = ready.pop(0)
-                args = (job.kind, job.seed, job.variant, job.upstream, job.source)
+                args = (job.kind, job.seed, job.variant, job.upstream, job.source, ctx)
                 running[pool.apply_async(_run_job, args)] = job
             _forward_events(events, sink, timeout=POLL_S)
             for result in [r for r in running if r.ready()]:
@@ -91,13 +148,15 @@ def run_seeds_in_workers(
                 left[job.seed] -= 1
                 if left[job.seed] <= 0:
                     write_seed_bench(ctx, job.seed)
-        pool.close()
-        pool.join()
         _forward_events(events, sink, timeout=0)
+        if _SHARED["workers"] is not held:
+            held.close()
+            _forward_events(events, sink, timeout=0)
         return outcomes
     except BaseException:
-        pool.terminate()  # Ctrl-C or a crash: no worker outlives the run
-        pool.join()
+        if _SHARED["workers"] is held:
+            _SHARED["workers"] = None
+        held.close(terminate=True)  # Ctrl-C or a crash: no worker outlives the run
         raise
 
 
@@ -215,10 +274,12 @@ def _run_job(
     variant: str | None,
     upstream: JobOutcome | None,
     source: JobOutcome | None = None,
+    ctx: plan.RunContext | None = None,
 ) -> JobOutcome:
     from gradience.experiment.jobs import audit_job, probe_job, variant_job
 
-    ctx, task_data = _WORKER["ctx"], _WORKER["task_data"]
+    ctx = ctx or _WORKER["ctx"]  # the job's own run (its seeds) when the workers are shared
+    task_data = _WORKER["task_data"]
     if kind == "probe":
         return probe_job(ctx, seed, task_data, _send)
     if kind == "audit":

@@ -19,6 +19,7 @@ from typing import Any
 from gradience.config import ExperimentConfig
 from gradience.errors import GradienceError
 from gradience.experiment.jobs import EventSink, emit
+from gradience.experiment.parallel import shared_workers
 from gradience.experiment.pipeline import MechanismRun, run_mechanism_test
 
 
@@ -71,18 +72,21 @@ def run_until_decided(
     seeds = list(cfg.train.seeds[:cap])
     n = cfg.hypothesis.min_seeds
     stride = seeds_per_step(cfg, executor)
-    while True:
-        step = cfg.model_copy(deep=True)
-        step.train.seeds = seeds[:n]
-        run = runner(
-            step, output_dir, sink=sink, fresh=fresh, executor=executor, ray_address=ray_address
-        )
-        fresh = False  # only the first step may move an earlier run aside
-        summary = look_now(run, step)
-        emit(sink, "", "message", text=f"sequential look after {n} seed(s): {summary['reason']}")
-        if summary["stopped"] or n >= cap:
-            return run
-        n = min(n + stride, cap)
+    with shared_workers():  # one set of worker processes serves every step
+        while True:
+            step = cfg.model_copy(deep=True)
+            step.train.seeds = seeds[:n]
+            run = runner(
+                step, output_dir, sink=sink, fresh=fresh, executor=executor, ray_address=ray_address
+            )
+            fresh = False  # only the first step may move an earlier run aside
+            summary = look_now(run, step)
+            emit(
+                sink, "", "message", text=f"sequential look after {n} seed(s): {summary['reason']}"
+            )
+            if summary["stopped"] or n >= cap:
+                return run
+            n = min(n + stride, cap)
 
 
 def seeds_per_step(cfg: ExperimentConfig, executor: str | None = None) -> int:
