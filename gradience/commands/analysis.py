@@ -24,13 +24,17 @@ def register(commands: argparse._SubParsersAction) -> None:
     analyze = commands.add_parser(
         "analyze",
         help="statistics, verdict, report.md and figures from a run's aggregated results",
-        description="Seed-level paired t-tests (Holm over per_layer vs probe, per_layer vs "
-        "per_layer_shuffled_within_type (parameter-matched: decides placement) and per_layer vs "
-        "per_layer_shuffled (the seed's rule, with its parameter ratio)), Cohen's d and d_z, exact "
-        "McNemar per seed, a hierarchical seeds-then-items bootstrap, seeds needed for the target "
-        "power, a placement section (how much placement this run could see), update size vs rank, "
-        "and a verdict. Writes mechanism_analysis.json, report.md and PNG figures next to the "
-        "results (or --output).",
+        description="Seed-level paired t-tests over the primary family (per_layer vs probe, and "
+        "per_layer vs per_layer_shuffled_within_type, parameter-matched, which decides placement): "
+        "PASS at Holm p < alpha with the estimate above its threshold, FAIL when the one-sided "
+        "bound at alpha/m lies below it; a sequential run (hypothesis.until_decided) is judged "
+        "by the boundaries it stopped by, every look recorded. Secondary contrasts (the seed's "
+        "shuffle with its parameter ratio, every other control), Cohen's d and d_z, exact McNemar "
+        "per seed, a hierarchical seeds-then-items bootstrap, power at the family-wise level, a "
+        "placement section (how much placement this run could see), update size vs rank, and a "
+        "verdict that is a scenario label only when every contrast it speaks about is decided. "
+        "Writes mechanism_analysis.json, report.md and PNG figures next to the results (or "
+        "--output); quotes the hash of the run's registered analysis plan.",
     )
     analyze.add_argument("results", help="aggregated_results.json, or the run folder holding it")
     analyze.add_argument("--output", metavar="DIR", help="write the analysis and report here")
@@ -46,8 +50,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         type=_contrast,
         action="append",
         default=[],
-        help="an extra, exploratory contrast A vs B (repeatable; default: per_layer "
-        "vs every further control in the results)",
+        help="an extra, exploratory contrast A vs B, added to the defaults (per_layer vs "
+        "every control in the results); repeatable; never changes the verdict",
     )
     analyze.add_argument(
         "--json", action="store_true", help="print mechanism_analysis.json instead of the summary"
