@@ -187,3 +187,56 @@ def test_reversed_within_type_gives_the_largest_rank_to_the_least_needy_module()
         assert Counter(flipped[n] for n in names) == Counter(pattern[n] for n in names)
     with pytest.raises(ValueError, match="no module type or need"):
         reversed_within_type(pattern, types, {"l0.q": 1.0})
+
+
+def test_same_named_modules_of_another_shape_keep_every_within_type_control_parameter_exact():
+    import numpy as np
+    from fixtures.mechanism import audit_result
+
+    from gradience.config import ExperimentConfig
+    from gradience.errors import GradienceError
+    from gradience.experiment.variants import check_parameter_exact, module_types, rank_patterns
+
+    audit = audit_result(4, np.random.default_rng(3))
+    for module in audit.modules:  # a second stack whose q_proj is half as wide (a vision tower)
+        if module.type == "q_proj" and module.layer >= 2:
+            module.d_in //= 2
+            module.params = module.r * (module.d_in + module.d_out)
+    cfg = ExperimentConfig.model_validate(
+        {
+            "lora": {"probe_r": 16},
+            "compression": {
+                "policy": "energy@0.90",
+                "allowed_ranks": [1, 2, 4, 8, 16],
+                "variants": [
+                    "probe",
+                    "per_layer",
+                    "per_layer_shuffled_within_type",
+                    "per_layer_reversed",
+                    "per_layer_shuffled_k",
+                    "uniform_matched",
+                ],
+            },
+        }
+    )
+    patterns = rank_patterns(audit, cfg, seed=42)
+    target = patterns["per_layer"].trainable_params
+    exact = [n for n in patterns if n.startswith("per_layer_") and n != "per_layer"]
+    assert len([n for n in exact if n.startswith("per_layer_shuffled_k")]) == 19
+    types = module_types(audit)
+    assert len({types[m.name] for m in audit.modules if m.type == "q_proj"}) == 2
+    for name in exact:
+        assert patterns[name].trainable_params == target, name
+        for kind in set(types.values()):  # rank moves only within (suffix, shape)
+            names = [n for n in types if types[n] == kind]
+            assert sorted(patterns[name].ranks[n] for n in names) == sorted(
+                patterns["per_layer"].ranks[n] for n in names
+            )
+    assert abs(patterns["uniform_matched"].trainable_params / target - 1) <= 0.05
+    broken = dict(patterns)
+    broken["per_layer_reversed"] = patterns["per_layer_reversed"].model_copy(
+        update={"trainable_params": target + 1}
+    )
+    with pytest.raises(GradienceError) as error:
+        check_parameter_exact(broken)
+    assert error.value.field == "compression.variants"
