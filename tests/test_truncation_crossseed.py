@@ -387,15 +387,6 @@ def same_arm_outputs(run_dir: Path, reference: Path, variants) -> None:
 
 
 @pytest.mark.slow
-def test_two_worker_processes_wire_the_cross_seed_edge_like_one_process(arm_run, tmp_path):
-    from gradience.experiment import run_mechanism_test
-
-    run = run_mechanism_test(arm_config(workers=2, num_threads=1), tmp_path / "run")
-    assert run.complete
-    same_arm_outputs(run.run_dir, arm_run.run_dir, CROSS_SEED_VARIANTS)
-
-
-@pytest.mark.slow
 def test_ray_wires_the_other_seeds_audit_into_the_cross_seed_jobs(arm_run, tmp_path):
     """Object-store mode: the cross-seed job waits on the other seed's audit ref, gets its
     ranks from that outcome, and ships its own rank file back to the driver. A rerun on the

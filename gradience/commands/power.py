@@ -27,7 +27,7 @@ def register(commands: argparse._SubParsersAction) -> None:
         "each threshold needs",
         description="For each primary contrast of the verdict (per_layer vs probe at "
         "hypothesis.compression_threshold; per_layer vs per_layer_shuffled_within_type, or "
-        "per_layer_shuffled standing in, at hypothesis.mechanism_threshold), at len(train.seeds) "
+        "per_layer_shuffled standing in, at hypothesis.mechanism_threshold), at len(train.seeds) (a sequential config: hypothesis.max_seeds) "
         "seeds and the config's eval items: the smallest difference the one-sided paired t at "
         "the family-wise level alpha/m detects with hypothesis.power, and the seeds needed to "
         "detect the threshold (the definitions of the analysis's min_detectable_effect). The sd "
@@ -49,6 +49,13 @@ def register(commands: argparse._SubParsersAction) -> None:
         "seeds, unless hypothesis.accept_underpowered is true (run_mechanism_test.sh uses it)",
     )
     power.set_defaults(handler=power_command)
+
+
+def planned_seeds(cfg: Any) -> int:
+    """The seeds the run can reach: its last sequential look, else every seed it lists."""
+    if cfg.hypothesis.until_decided and cfg.hypothesis.max_seeds is not None:
+        return min(cfg.hypothesis.max_seeds, len(cfg.train.seeds))
+    return len(cfg.train.seeds)
 
 
 def planned_eval_items(cfg: Any, config_path: str | Path) -> int:
@@ -99,7 +106,7 @@ def build_plan(cfg: Any, config_path: str, pilot: str | None) -> dict[str, Any]:
         )
     family = primary_contrasts(variants)
     level = hyp.alpha / len(family)
-    n_seeds, n_items = len(cfg.train.seeds), planned_eval_items(cfg, config_path)
+    n_seeds, n_items = planned_seeds(cfg), planned_eval_items(cfg, config_path)
     results = results_path = None
     if pilot is not None:
         results_path, results = _load_pilot(pilot, hyp.primary_metric)
