@@ -154,6 +154,19 @@ def test_placement_section_against_direct_computation():
     assert placement.shuffle_permutation_p == pytest.approx(1 / 5)
     assert placement.decision_contrast == "per_layer_vs_per_layer_shuffled_within_type"
     assert placement.threshold == HYP.mechanism_threshold
+    assert placement.shuffle_permutation_significant is False  # 4 shuffles: p >= 1/5
+    assert placement.within_type_moved_fraction is None  # no module costs recorded
+    # with each module's parameters per rank: the share of per_layer's parameters moved
+    results.module_costs = {n: (96 if n.endswith("q_proj") else 48) for n in names}
+    moved = analyze(results, HYP).placement.within_type_moved_fraction
+    expected_moved = np.mean(
+        [
+            sum(abs(per_layer[s][n] - within[s][n]) * results.module_costs[n] for n in names)
+            / (2 * sum(per_layer[s][n] * results.module_costs[n] for n in names))
+            for s in per_layer
+        ]
+    )
+    assert moved == pytest.approx(expected_moved) and moved > 0
 
 
 def test_placement_fields_are_null_with_reasons_when_not_computable():

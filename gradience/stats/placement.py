@@ -29,17 +29,26 @@ WITHIN_TYPE_SHUFFLE = "per_layer_shuffled_within_type"
 SHUFFLE_K_PREFIX = "per_layer_shuffled_k"
 
 
-def changed_fraction(results: AggregatedResults, control: str) -> float | None:
-    """Mean over seeds of the fraction of modules whose rank differs between per_layer and ``control``."""
+def _paired_patterns(
+    results: AggregatedResults, control: str
+) -> list[tuple[dict[str, int], dict[str, int]]]:
+    """(per_layer's ranks, ``control``'s ranks) for every seed where both recorded them."""
     if PER_LAYER not in results.variants or control not in results.variants:
-        return None
-    fractions = []
+        return []
+    pairs = []
     for seed, run in results.variants[PER_LAYER].runs.items():
         other = results.variants[control].runs.get(seed)
-        if run.ranks is None or other is None or other.ranks is None:
-            continue
-        names = list(run.ranks)
-        fractions.append(sum(run.ranks[n] != other.ranks.get(n) for n in names) / len(names))
+        if run.ranks is not None and other is not None and other.ranks is not None:
+            pairs.append((run.ranks, other.ranks))
+    return pairs
+
+
+def changed_fraction(results: AggregatedResults, control: str) -> float | None:
+    """Mean over seeds of the fraction of modules whose rank differs between per_layer and ``control``."""
+    fractions = [
+        sum(mine[n] != theirs.get(n) for n in mine) / len(mine)
+        for mine, theirs in _paired_patterns(results, control)
+    ]
     return float(np.mean(fractions)) if fractions else None
 
 
@@ -89,19 +98,14 @@ def shuffle_percentile(
 def moved_fraction(results: AggregatedResults, control: str) -> float | None:
     """Mean over seeds of the share of per_layer's parameters ``control`` holds elsewhere
     (:func:`gradience.ranks.controls.moved_fraction`); None without ranks or module costs."""
-    if results.module_costs is None or PER_LAYER not in results.variants:
+    if results.module_costs is None:
         return None
-    if control not in results.variants:
-        return None
-    shares = []
-    for seed, run in results.variants[PER_LAYER].runs.items():
-        other = results.variants[control].runs.get(seed)
-        if run.ranks is None or other is None or other.ranks is None:
-            continue
-        share = controls.moved_fraction(run.ranks, other.ranks, results.module_costs)
-        if share is not None:
-            shares.append(share)
-    return float(np.mean(shares)) if shares else None
+    shares = [
+        controls.moved_fraction(mine, theirs, results.module_costs)
+        for mine, theirs in _paired_patterns(results, control)
+    ]
+    known = [share for share in shares if share is not None]
+    return float(np.mean(known)) if known else None
 
 
 def placement_summary(
