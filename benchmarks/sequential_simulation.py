@@ -59,7 +59,8 @@ import time
 import numpy as np
 from scipy import stats
 
-from gradience.stats.sequential import design_boundaries, run_sequential
+from gradience.stats.sequential import run_sequential
+from gradience.stats.spending import design_boundaries
 
 ALPHA = 0.05
 M = 2

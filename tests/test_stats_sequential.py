@@ -8,13 +8,8 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from gradience.stats.sequential import (
-    boundaries,
-    design_boundaries,
-    look,
-    obf_spending,
-    run_sequential,
-)
+from gradience.stats.sequential import look, run_sequential
+from gradience.stats.spending import boundaries, design_boundaries, obf_spending
 from gradience.stats.verdict import Outcome
 
 ALPHA, M = 0.05, 2
