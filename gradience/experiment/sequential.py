@@ -47,7 +47,7 @@ def sequential_config(cfg: ExperimentConfig, max_seeds: int | None) -> Experimen
 
 def look_now(run: MechanismRun, cfg: ExperimentConfig) -> dict[str, Any]:
     """The sequential rule's summary on what the run has so far."""
-    from gradience.stats.sequential_verdict import sequential_look
+    from gradience.stats.analyze import sequential_look
 
     return sequential_look(run.results, cfg.hypothesis)
 

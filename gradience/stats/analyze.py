@@ -122,45 +122,19 @@ def analyze(
     """
     metric = hypothesis.primary_metric
     check_results(results, metric)
-    alpha, power = hypothesis.alpha, hypothesis.power
-    thresholds = {
-        EFFICACY: hypothesis.compression_threshold,
-        PLACEMENT_MATCHED: hypothesis.mechanism_threshold,
-        MECHANISM: hypothesis.mechanism_threshold,
-        HETEROGENEITY: hypothesis.mechanism_threshold,
-    }
-    common = {"metric": metric, "alpha": alpha, "power": power}
-    contrasts: dict[str, Contrast] = {}
-    for a, b in [EFFICACY, *secondary_pairs(results), *extra_contrasts]:
-        if contrast_name(a, b) not in contrasts:
-            contrast = compare(results, a, b, threshold=thresholds.get((a, b)), **common)
-            contrast.role = ROLES.get((a, b))
-            contrast.primary = False
-            contrasts[contrast_name(a, b)] = contrast
-    placement = PlacementContrasts(
-        matched=contrasts.get(contrast_name(*PLACEMENT_MATCHED)),
-        seed_rule=contrasts.get(contrast_name(*MECHANISM)),
-        heterogeneity=contrasts.get(contrast_name(*HETEROGENEITY)),
-        moved_fraction=moved_fraction(results, WITHIN_TYPE_SHUFFLE),
-    )
-    family = [contrasts[contrast_name(*EFFICACY)]]
-    decider = placement_decider(placement)
-    if decider is not None:
-        family.append(decider)
-    holm(family)
-    for contrast in family:
-        contrast.primary = contrast.holm_family = True
-        set_decision_interval(contrast, alpha, len(family))
-        set_power(contrast, thresholds[(contrast.a, contrast.b)], alpha / len(family), power)
+    contrasts = _compared(results, hypothesis, [*secondary_pairs(results), *extra_contrasts])
+    family, placement = _primary_family(results, hypothesis, contrasts)
     for contrast in contrasts.values():
         if contrast.primary:
             continue
+        if contrast.threshold is not None:  # the seed's shuffle, heterogeneity: at α
+            set_power(contrast, contrast.threshold, hypothesis.alpha, hypothesis.power)
         if (contrast.a, contrast.b) == HETEROGENEITY:
             contrast.notes.append(
                 "not Holm-corrected: read as H only after E passes and placement fails "
                 "(a fixed sequence at α)"
             )
-            set_decision_interval(contrast, alpha, 1)
+            set_decision_interval(contrast, hypothesis.alpha, 1)
         else:
             contrast.notes.append(
                 "secondary contrast: outside the primary family, not part of the verdict"
@@ -194,9 +168,9 @@ def analyze(
         inputs=_inputs(results, hypothesis, family),
         placement=placement_summary(
             results,
-            decider,
+            placement_decider(placement),
             metric,
-            alpha,
+            hypothesis.alpha,
             hypothesis.mechanism_threshold,
             hypothesis.min_moved_fraction,
         ),
@@ -206,6 +180,71 @@ def analyze(
         sequential=None if sequential is None else summary_record(sequential),
         looks=[] if sequential is None else looks_record(sequential),
     )
+
+
+def _compared(
+    results: AggregatedResults, hypothesis: HypothesisConfig, pairs: Sequence[tuple[str, str]]
+) -> dict[str, Contrast]:
+    """Efficacy and every pair after it, compared once each, with the threshold the verdict
+    judges it by where it has one (power figures follow once its level is known)."""
+    thresholds = {
+        EFFICACY: hypothesis.compression_threshold,
+        PLACEMENT_MATCHED: hypothesis.mechanism_threshold,
+        MECHANISM: hypothesis.mechanism_threshold,
+        HETEROGENEITY: hypothesis.mechanism_threshold,
+    }
+    contrasts: dict[str, Contrast] = {}
+    for a, b in [EFFICACY, *pairs]:
+        if contrast_name(a, b) in contrasts:
+            continue
+        contrast = compare(
+            results,
+            a,
+            b,
+            metric=hypothesis.primary_metric,
+            alpha=hypothesis.alpha,
+            power=hypothesis.power,
+        )
+        contrast.role, contrast.primary = ROLES.get((a, b)), False
+        contrast.threshold = thresholds.get((a, b))
+        contrasts[contrast_name(a, b)] = contrast
+    return contrasts
+
+
+def _primary_family(
+    results: AggregatedResults, hypothesis: HypothesisConfig, contrasts: Mapping[str, Contrast]
+) -> tuple[list[Contrast], PlacementContrasts]:
+    """The primary family (efficacy, and the placement contrast that decides), Holm-adjusted,
+    with its family-wise intervals and power at α/m; and what the placement judgement reads."""
+    placement = PlacementContrasts(
+        matched=contrasts.get(contrast_name(*PLACEMENT_MATCHED)),
+        seed_rule=contrasts.get(contrast_name(*MECHANISM)),
+        heterogeneity=contrasts.get(contrast_name(*HETEROGENEITY)),
+        moved_fraction=moved_fraction(results, WITHIN_TYPE_SHUFFLE),
+    )
+    family = [contrasts[contrast_name(*EFFICACY)]]
+    decider = placement_decider(placement)
+    if decider is not None:
+        family.append(decider)
+    holm(family)
+    level = hypothesis.alpha / len(family)
+    for contrast in family:
+        contrast.primary = contrast.holm_family = True
+        set_decision_interval(contrast, hypothesis.alpha, len(family))
+        assert contrast.threshold is not None  # every primary pair has one (_compared)
+        set_power(contrast, contrast.threshold, level, hypothesis.power)
+    return family, placement
+
+
+def sequential_look(results: AggregatedResults, hypothesis: HypothesisConfig) -> dict[str, Any]:
+    """The sequential rule alone on the results so far, as ``mechanism run --until-decided``
+    looks after each step: the very family :func:`analyze` judges, without the secondary
+    contrasts."""
+    check_results(results, hypothesis.primary_metric)
+    pairs = [p for p in (PLACEMENT_MATCHED, MECHANISM) if all(v in results.variants for v in p)]
+    family, _ = _primary_family(results, hypothesis, _compared(results, hypothesis, pairs))
+    n_max = hypothesis.max_seeds or len(results.seeds)
+    return summary_record(sequential_family(family, hypothesis, n_max))
 
 
 def _inputs(

@@ -117,9 +117,9 @@ def compare(
     metric: str,
     alpha: float,
     power: float,
-    threshold: float | None = None,
 ) -> Contrast:
-    """All statistics of A vs B (one-sided: H1 is A > B). ``holm_p`` is filled in by ``holm``."""
+    """All statistics of A vs B (one-sided: H1 is A > B). ``holm_p`` is filled in by ``holm``,
+    the figures at a threshold by :func:`set_power` once the contrast's level is known."""
     missing = [v for v in (a, b) if v not in results.variants]
     if missing:
         return missing_contrast(a, b, missing)
@@ -170,8 +170,6 @@ def compare(
     if metric == "strict_match":
         contrast.item_level_exact_match = _item_level(results, a, b, seeds, "exact_match")
     _failures_as_loss(contrast, results, metric)
-    if threshold is not None:
-        set_power(contrast, threshold, alpha, power)
     return contrast
 
 
@@ -186,7 +184,6 @@ def set_power(contrast: Contrast, threshold: float, level: float, power: float) 
     contrast.min_detectable_effect = min_detectable_effect(
         contrast.sd_diff, contrast.n_seeds, level, power
     )
-    contrast.notes = [n for n in contrast.notes if not n.startswith("power at the threshold")]
     sd = contrast.sd_diff
     if not sd or threshold <= 0:
         contrast.notes.append(

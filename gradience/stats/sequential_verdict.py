@@ -12,10 +12,9 @@ from collections.abc import Sequence
 from typing import Any
 
 from gradience.config import HypothesisConfig
-from gradience.results import AggregatedResults, Contrast
-from gradience.stats.contrast import paired_seeds, param_ratio
+from gradience.results import Contrast
 from gradience.stats.sequential import LookDecision, SequentialResult, run_sequential
-from gradience.stats.verdict import PARAM_RATIO_BAND, Judgement, Outcome
+from gradience.stats.verdict import Judgement, Outcome
 
 #: The verdict's names of the two primary roles, in family order.
 ROLES = ("efficacy", "placement")
@@ -60,41 +59,6 @@ def judgements(family: Sequence[Contrast], result: SequentialResult) -> dict[str
             )
         out[role] = Judgement(seq.outcome, text)
     return out
-
-
-def sequential_look(results: AggregatedResults, hypothesis: HypothesisConfig) -> dict[str, Any]:
-    """The rule's summary on the results so far, without the rest of the analysis (the run
-    loop's look: the same family, seed order and values :func:`gradience.stats.analyze` uses)."""
-    pairs = [("per_layer", "probe")]
-    if "per_layer_shuffled_within_type" in results.variants:
-        pairs.append(("per_layer", "per_layer_shuffled_within_type"))
-    elif "per_layer_shuffled" in results.variants:
-        seeds = paired_seeds(results, "per_layer", "per_layer_shuffled")
-        ratio = param_ratio(results, "per_layer", "per_layer_shuffled", seeds)
-        low, high = PARAM_RATIO_BAND
-        if ratio is not None and low <= ratio <= high:
-            pairs.append(("per_layer", "per_layer_shuffled"))
-    thresholds = [hypothesis.compression_threshold, hypothesis.mechanism_threshold]
-    values: dict[str, tuple[list[float], list[float]]] = {}
-    for a, b in pairs:
-        if a not in results.variants or b not in results.variants:
-            values[f"{a}_vs_{b}"] = ([], [])
-            continue
-        seeds = paired_seeds(results, a, b)
-        metric = hypothesis.primary_metric
-        values[f"{a}_vs_{b}"] = (
-            [float(getattr(results.variants[a].runs[s], metric)) for s in seeds],
-            [float(getattr(results.variants[b].runs[s], metric)) for s in seeds],
-        )
-    result = run_sequential(
-        values,
-        dict(zip(values, thresholds, strict=False)),
-        hypothesis.alpha,
-        n_min=hypothesis.min_seeds,
-        n_max=hypothesis.max_seeds or len(results.seeds),
-        min_d={"per_layer_vs_probe": hypothesis.min_effect_size},
-    )
-    return summary_record(result)
 
 
 def _decision_record(d: LookDecision) -> dict[str, Any]:
