@@ -349,13 +349,9 @@ class ExperimentConfig(_Section):
                 f"lora.probe_r={self.lora.probe_r} must be one of compression.allowed_ranks "
                 f"{self.compression.allowed_ranks}"
             )
-        cross_seed = [v for v in self.compression.variants if v in CROSS_SEED_VARIANTS]
-        if cross_seed and len(self.train.seeds) < 2:
-            raise ValueError(
-                f"compression.variants lists {cross_seed}, which cut each seed's probe to the "
-                "ranks another seed's audit chose (the next seed of train.seeds): they need at "
-                f"least 2 seeds, train.seeds has {len(self.train.seeds)}"
-            )
+        problem = cross_seed_problem(self)
+        if problem:
+            raise ValueError(problem)
         return self
 
     def config_hash(self) -> str:
@@ -375,6 +371,19 @@ class ExperimentConfig(_Section):
         data["train"].pop("dataloader_num_workers")
         data["env"] = {"torch_dtype": self.env.torch_dtype, "device": self.env.device}
         return hash_data(data)
+
+
+def cross_seed_problem(cfg: ExperimentConfig) -> str | None:
+    """Why the config's cross-seed variants cannot run (fewer than 2 seeds), or None. Checked
+    at validation and again before a run (``--seeds`` may change the seeds afterwards)."""
+    listed = [v for v in cfg.compression.variants if v in CROSS_SEED_VARIANTS]
+    if listed and len(cfg.train.seeds) < 2:
+        return (
+            f"compression.variants lists {listed}, which cut each seed's probe to the ranks "
+            "another seed's audit chose (the next seed of train.seeds): they need at least 2 "
+            f"seeds, the run has {list(cfg.train.seeds)}"
+        )
+    return None
 
 
 def hash_data(data: Any) -> str:

@@ -29,7 +29,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from gradience.config import ExperimentConfig, hash_data
+from gradience.config import ExperimentConfig, cross_seed_problem, hash_data
 from gradience.errors import GradienceError
 from gradience.results import CROSS_SEED_VARIANTS, TRUNCATED_VARIANTS
 from gradience.train.identity import training_identity_hash
@@ -75,14 +75,9 @@ def rank_source_seed(cfg: ExperimentConfig, seed: int, variant: str) -> int:
 def check_cross_seed(cfg: ExperimentConfig) -> None:
     """A cross-seed variant needs another seed; a config changed after validation (``--seeds``
     on the command line) is checked again here, before any job runs."""
-    listed = [v for v in cfg.compression.variants if v in CROSS_SEED]
-    if listed and len(cfg.train.seeds) < 2:
-        raise GradienceError(
-            f"compression.variants lists {listed}, which cut each seed's probe to the ranks "
-            "another seed's audit chose (the next seed of train.seeds): they need at least 2 "
-            f"seeds, the run has {list(cfg.train.seeds)}",
-            field="compression.variants",
-        )
+    problem = cross_seed_problem(cfg)
+    if problem:
+        raise GradienceError(problem, field="compression.variants")
 
 
 def audit_variants(cfg: ExperimentConfig) -> list[str]:
