@@ -288,22 +288,23 @@ def base_model_eval(ctx: plan.RunContext, item_ids: list[str]) -> BaseModelEval 
 
 def variant_run(state: VariantState, folder: Path, item_ids: list[str]) -> VariantRun:
     assert state.eval is not None and state.train is not None
+    correct, strict_correct = item_correct(folder / "predictions.jsonl", item_ids)
     return VariantRun(
         exact_match=state.eval.exact_match,
         strict_match=state.eval.strict_match,
         trainable_params=state.train.trainable_params,
         ranks_file=state.ranks_file or "",
-        item_correct=item_correct(folder / "predictions.jsonl", item_ids),
-        item_strict_correct=item_correct(folder / "predictions.jsonl", item_ids, strict=True),
+        item_correct=correct,
+        item_strict_correct=strict_correct,
         ranks=dict(state.train.ranks),
         update_norms=dict(state.train.update_norms) or None,
     )
 
 
-def item_correct(path: Path, item_ids: list[str], strict: bool = False) -> list[int]:
-    """0/1 per eval item in ``item_ids`` order, from the job's predictions.jsonl (``strict``:
-    strict_match's correctness, the number after ``####`` only)."""
-    correct: dict[str, bool] = {}
+def item_correct(path: Path, item_ids: list[str]) -> tuple[list[int], list[int]]:
+    """0/1 per eval item in ``item_ids`` order, from one read of the job's predictions.jsonl:
+    exact_match's correctness, and strict_match's (the number after ``####`` only)."""
+    correct: dict[str, tuple[bool, bool]] = {}
     with path.open(encoding="utf-8") as handle:
         for line_no, line in enumerate(handle, 1):
             if not line.strip():
@@ -314,11 +315,14 @@ def item_correct(path: Path, item_ids: list[str], strict: bool = False) -> list[
                 raise GradienceError(
                     f"line {line_no} is not a prediction record: {error}", path=path
                 ) from None
-            correct[prediction.id] = prediction.strict_correct if strict else prediction.correct
+            correct[prediction.id] = (prediction.correct, prediction.strict_correct)
     missing = [item for item in item_ids if item not in correct]
     if missing:
         raise GradienceError(f"no prediction for eval item(s) {missing[:3]}", path=path)
-    return [int(correct[item]) for item in item_ids]
+    return (
+        [int(correct[item][0]) for item in item_ids],
+        [int(correct[item][1]) for item in item_ids],
+    )
 
 
 def variant_aggregate(runs: dict[str, VariantRun], metric: str) -> VariantAggregate:
