@@ -2,7 +2,7 @@
 
 Each model maps 1:1 to a JSON file the pipeline writes (``audit.json``, ``ranks/<variant>.json``,
 ``train_result.json``, ``eval.json``, ``bench.json``, ``aggregated_results.json``,
-``mechanism_analysis.json``, ``compress.json``). Stages exchange these models, never each
+``mechanism_analysis.json``, ``analysis_plan.json``, ``compress.json``). Stages exchange these models, never each
 other's internals.
 Extra keys are allowed on read so that newer writers stay readable, but ``schema_version``
 must be one this version knows. Version 2 added optional fields only (paired init, update
@@ -476,6 +476,14 @@ class RankDependence(_Result):
     reason: str | None = None
 
 
+class RegisteredPlan(_Versioned):
+    """``analysis_plan.json``: the plan a run registers before its first seed trains
+    (:mod:`gradience.stats.registered`)."""
+
+    plan_hash: str
+    plan: dict[str, object]
+
+
 class MechanismAnalysis(_Versioned):
     contrasts: dict[str, Contrast]
     verdict: Verdict
@@ -483,7 +491,8 @@ class MechanismAnalysis(_Versioned):
     placement: Placement | None = None
     update_norm_vs_rank: dict[str, RankDependence] = Field(default_factory=dict)
     plan_hash: str | None = Field(
-        None, description="Hash of the analysis plan these settings give (gradience.stats.registered)."
+        None,
+        description="Hash of the analysis plan these settings give (gradience.stats.registered).",
     )
     registered_plan_hash: str | None = Field(
         None,

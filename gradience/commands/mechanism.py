@@ -43,7 +43,8 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--until-decided",
         action="store_true",
         help="sequential seeds: run the first hypothesis.min_seeds (3) seeds of train.seeds, then "
-        "add one at a time until every primary contrast is decided or --max-seeds is reached "
+        "add seeds (env.workers at a time on the local executor, one on Ray; a look after every "
+        "seed) until every primary contrast is decided or --max-seeds is reached "
         "(group-sequential boundaries keep the family-wise error at hypothesis.alpha across the "
         "looks; gradience.stats.sequential). Rerun the same command to resume",
     )
@@ -94,8 +95,11 @@ def configured(args: argparse.Namespace) -> Any:
     cfg = load_config(args.config, required=RUN_REQUIRED).model_copy(deep=True)
     if args.seeds:
         cfg.train.seeds = parse_seeds(args.seeds)
-    sequential = getattr(args, "until_decided", False) or cfg.hypothesis.until_decided
-    if getattr(args, "max_seeds", None) is not None and not sequential:
+    if getattr(args, "until_decided", False) or cfg.hypothesis.until_decided:
+        from gradience.experiment.sequential import sequential_config
+
+        cfg = sequential_config(cfg, getattr(args, "max_seeds", None))  # the cap, fixed once
+    elif getattr(args, "max_seeds", None) is not None:
         raise GradienceError(
             "only means something with --until-decided (or hypothesis.until_decided)",
             field="--max-seeds",
@@ -122,19 +126,14 @@ def run_command(args: argparse.Namespace) -> int:
         resource_report(cfg, cfg.env.output_base_dir, config_path=args.config, emit=print)
     with second_interrupt_exits():
         try:
-            if args.until_decided or cfg.hypothesis.until_decided:
-                from gradience.experiment.sequential import run_until_decided, sequential_config
+            if cfg.hypothesis.until_decided:
+                from gradience.experiment.sequential import run_until_decided
 
-                cap = sequential_config(cfg, args.max_seeds).hypothesis.max_seeds
-                planned = cfg.model_copy(deep=True)
-                planned.train.seeds = planned.train.seeds[:cap]
+                planned = cfg.model_copy(deep=True)  # every seed the run may reach
+                planned.train.seeds = planned.train.seeds[: cfg.hypothesis.max_seeds]
                 with progress_view(job_ids(planned)) as view:
                     run = run_until_decided(
-                        cfg,
-                        cfg.env.output_base_dir,
-                        max_seeds=args.max_seeds,
-                        sink=view,
-                        fresh=args.fresh,
+                        cfg, cfg.env.output_base_dir, sink=view, fresh=args.fresh
                     )
             else:
                 with progress_view(job_ids(cfg)) as view:

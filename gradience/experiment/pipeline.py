@@ -9,21 +9,19 @@ variant's rank pattern; train+eval each variant (see :mod:`gradience.experiment.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from gradience.config import ExperimentConfig
-from gradience.errors import GradienceError
 from gradience.experiment import plan
 from gradience.experiment.aggregate import write_results
 from gradience.experiment.executors import run_locally, run_on_ray
 from gradience.experiment.jobs import EventSink, JobOutcome, emit
 from gradience.experiment.runfolder import CONFIG_FILE, open_run_folder
-from gradience.io import write_text_atomic
-from gradience.results import SCHEMA_VERSION, AggregatedResults
+from gradience.io import read_model, write_model, write_text_atomic
+from gradience.results import AggregatedResults, RegisteredPlan
 from gradience.stats.registered import PLAN_FILE, analysis_plan, plan_differences, plan_hash
 
 
@@ -102,12 +100,7 @@ def register_plan(ctx: plan.RunContext, sink: EventSink | None = None) -> Path:
     current = analysis_plan(cfg.hypothesis, cfg.compression.variants, len(cfg.train.seeds))
     path = ctx.run_dir / PLAN_FILE
     if path.is_file():
-        try:
-            registered = json.loads(path.read_text(encoding="utf-8"))["plan"]
-        except (ValueError, KeyError, TypeError):
-            raise GradienceError(
-                "not a registered analysis plan", path=path, field="plan"
-            ) from None
+        registered = read_model(path, RegisteredPlan).plan
         if plan_hash(registered) != plan_hash(current):
             emit(
                 sink,
@@ -118,8 +111,7 @@ def register_plan(ctx: plan.RunContext, sink: EventSink | None = None) -> Path:
                 + "; ".join(plan_differences(registered, current)),
             )
         return path
-    data = {"schema_version": SCHEMA_VERSION, "plan_hash": plan_hash(current), "plan": current}
-    return write_text_atomic(path, json.dumps(data, indent=2) + "\n")
+    return write_model(path, RegisteredPlan(plan_hash=plan_hash(current), plan=current))
 
 
 def load_task_data(cfg: ExperimentConfig):  # -> gradience.tasks.TaskData

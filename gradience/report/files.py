@@ -8,7 +8,6 @@ with a note in the report.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +16,13 @@ from typing import Any
 from gradience.config import ExperimentConfig, HypothesisConfig, load_config
 from gradience.errors import GradienceError
 from gradience.io import read_model, write_model, write_text_atomic
-from gradience.results import AggregatedResults, AuditResult, MechanismAnalysis, RankPattern
+from gradience.results import (
+    AggregatedResults,
+    AuditResult,
+    MechanismAnalysis,
+    RankPattern,
+    RegisteredPlan,
+)
 from gradience.stats import analyze
 from gradience.stats.analyze import METRICS, check_results
 from gradience.stats.registered import PLAN_FILE
@@ -84,16 +89,7 @@ def load_run_config(
 def registered_plan(run_dir: Path) -> dict[str, Any] | None:
     """The plan the run registered before its first seed (None: the folder has none)."""
     path = run_dir / PLAN_FILE
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        plan = data["plan"]
-    except (ValueError, KeyError, TypeError):
-        raise GradienceError("not a registered analysis plan", path=path, field="plan") from None
-    if not isinstance(plan, dict):
-        raise GradienceError("must be a mapping", path=path, field="plan")
-    return plan
+    return read_model(path, RegisteredPlan).plan if path.is_file() else None
 
 
 def _title(config: ExperimentConfig | None) -> str:
