@@ -357,7 +357,8 @@ def decide(
     if placement.heterogeneity is not None:
         h = judge_heterogeneity(placement.heterogeneity, hypothesis)
         placement.heterogeneity.outcome = h.outcome.value
-    for contrast, judgement in ((efficacy, e), (placement_decider(placement), m)):
+    decider = placement_decider(placement)
+    for contrast, judgement in ((efficacy, e), (decider, m)):
         if contrast is not None:
             contrast.outcome = judgement.outcome.value
     label = label_of(e.outcome, m.outcome, None if h is None else h.outcome)
@@ -374,12 +375,12 @@ def decide(
         reasons.append(h.reason)
     elif h is not None:
         reasons.append(f"(read only after E passes and placement fails) {h.reason}")
-    reasons += _direction_notes(efficacy, placement_decider(placement))
+    reasons += _direction_notes(efficacy, decider)
     reasons += [
         r
         for r in (
             _item_disagreement(efficacy, "compression efficacy", hypothesis.alpha),
-            _item_disagreement(placement_decider(placement), "placement", hypothesis.alpha),
+            _item_disagreement(decider, "placement", hypothesis.alpha),
         )
         if r
     ]
