@@ -89,12 +89,8 @@ def planned_eval_items(cfg: Any, config_path: str | Path) -> int:
 
 def build_plan(cfg: Any, config_path: str, pilot: str | None) -> dict[str, Any]:
     """The plan as the JSON document ``--json`` prints."""
-    from gradience.stats.plan import (
-        pilot_variance,
-        plan_contrast,
-        primary_contrasts,
-        prior_variance,
-    )
+    from gradience.stats.plan import pilot_variance, plan_contrast, prior_variance
+    from gradience.stats.registered import primary_contrasts
 
     hyp = cfg.hypothesis
     variants = cfg.compression.variants

@@ -11,7 +11,15 @@ from gradience.results import AggregatedResults, Contrast, MechanismAnalysis
 from gradience.stats.contrast import compare, contrast_name, holm, set_power
 from gradience.stats.item_level import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED
 from gradience.stats.placement import WITHIN_TYPE_SHUFFLE, moved_fraction, placement_summary
-from gradience.stats.registered import analysis_plan, plan_differences, plan_hash
+from gradience.stats.registered import (
+    EFFICACY,
+    HETEROGENEITY,
+    MECHANISM,
+    PLACEMENT_MATCHED,
+    analysis_plan,
+    plan_differences,
+    plan_hash,
+)
 from gradience.stats.sequential_verdict import (
     judgements,
     looks_record,
@@ -26,10 +34,6 @@ from gradience.stats.verdict import (
     set_decision_interval,
 )
 
-EFFICACY = ("per_layer", "probe")
-PLACEMENT_MATCHED = ("per_layer", "per_layer_shuffled_within_type")
-MECHANISM = ("per_layer", "per_layer_shuffled")  # the seed's rule: capacity changes with it
-HETEROGENEITY = ("per_layer", "uniform_matched")
 METRICS = ("exact_match", "strict_match")
 #: The truncation arm (the probe cut to ranks by SVD, not retrained), read as: what compression
 #: costs before any retraining, what retraining at those ranks adds, and whether placement

@@ -33,43 +33,13 @@ var' = (var − i) + i·N/N' with i = min(q/N, var).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 from gradience.results import AggregatedResults
-from gradience.stats.analyze import EFFICACY, MECHANISM, PLACEMENT_MATCHED
-from gradience.stats.contrast import contrast_name, item_metric, paired_seeds
+from gradience.stats.contrast import item_metric, paired_seeds
 from gradience.stats.power import min_detectable_effect, paired_t_power, seeds_for_power
+from gradience.stats.registered import PlannedContrast
 from gradience.stats.seed_level import mean_diff
-
-
-@dataclass(frozen=True)
-class PlannedContrast:
-    """A primary contrast the config's variants make: its variants, role and threshold key."""
-
-    a: str
-    b: str
-    role: str  # "efficacy" or "placement"
-    threshold_key: str  # the hypothesis field holding its threshold
-
-    @property
-    def name(self) -> str:
-        return contrast_name(self.a, self.b)
-
-
-def primary_contrasts(variants: Sequence[str]) -> list[PlannedContrast]:
-    """The verdict's primary family for a run of ``variants`` (the probe always runs).
-
-    Efficacy always; placement on the within-type shuffle when listed, else on the seed's
-    shuffle (which stands in only if its parameter ratio turns out within 0.95-1.05), else
-    none (m = 1).
-    """
-    family = [PlannedContrast(*EFFICACY, "efficacy", "compression_threshold")]
-    for pair in (PLACEMENT_MATCHED, MECHANISM):
-        if pair[1] in variants:
-            family.append(PlannedContrast(*pair, "placement", "mechanism_threshold"))
-            break
-    return family
 
 
 @dataclass(frozen=True)

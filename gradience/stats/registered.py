@@ -10,6 +10,7 @@ settings differ from the registered ones says so in its first line.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 from gradience.config import HypothesisConfig, hash_data
@@ -26,14 +27,47 @@ SEQUENTIAL_RULE = (
 )
 
 
-def primary_contrasts(variants: Sequence[str]) -> list[str]:
-    """The primary family a run with these variants will be judged on."""
-    family = ["per_layer_vs_probe"]
-    if "per_layer_shuffled_within_type" in variants:
-        family.append("per_layer_vs_per_layer_shuffled_within_type")
-    elif "per_layer_shuffled" in variants:
-        family.append("per_layer_vs_per_layer_shuffled (stands in only within 0.95-1.05)")
+#: The variant pairs the verdict reads (A, B: the difference A - B).
+EFFICACY = ("per_layer", "probe")
+PLACEMENT_MATCHED = ("per_layer", "per_layer_shuffled_within_type")
+MECHANISM = ("per_layer", "per_layer_shuffled")  # the seed's rule: capacity changes with it
+HETEROGENEITY = ("per_layer", "uniform_matched")
+
+
+@dataclass(frozen=True)
+class PlannedContrast:
+    """A primary contrast the config's variants make: its variants, role and threshold key."""
+
+    a: str
+    b: str
+    role: str  # "efficacy" or "placement"
+    threshold_key: str  # the hypothesis field holding its threshold
+
+    @property
+    def name(self) -> str:
+        return f"{self.a}_vs_{self.b}"
+
+
+def primary_contrasts(variants: Sequence[str]) -> list[PlannedContrast]:
+    """The verdict's primary family for a run of ``variants`` (the probe always runs).
+
+    Efficacy always; placement on the within-type shuffle when listed, else on the seed's
+    shuffle (which stands in only if its parameter ratio turns out within 0.95-1.05), else
+    none (m = 1).
+    """
+    family = [PlannedContrast(*EFFICACY, "efficacy", "compression_threshold")]
+    for pair in (PLACEMENT_MATCHED, MECHANISM):
+        if pair[1] in variants:
+            family.append(PlannedContrast(*pair, "placement", "mechanism_threshold"))
+            break
     return family
+
+
+def _planned_names(variants: Sequence[str]) -> list[str]:
+    return [
+        c.name + (" (stands in only within 0.95-1.05)" if (c.a, c.b) == MECHANISM else "")
+        for c in primary_contrasts(variants)
+    ]
 
 
 def analysis_plan(
@@ -48,7 +82,7 @@ def analysis_plan(
             "max_seeds": hypothesis.max_seeds or n_seeds,
         }
     return {
-        "primary_contrasts": primary_contrasts(variants),
+        "primary_contrasts": _planned_names(variants),
         "thresholds": {
             "compression": hypothesis.compression_threshold,
             "placement": hypothesis.mechanism_threshold,
