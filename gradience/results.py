@@ -17,20 +17,15 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
 
-SCHEMA_VERSION = 3
-#: Versions this code reads.
-SchemaVersion = Literal[1, 2, 3]
-
-
-class _Result(BaseModel):
-    model_config = ConfigDict(extra="allow", protected_namespaces=())
-
-
-class _Versioned(_Result):
-    schema_version: SchemaVersion = SCHEMA_VERSION
-
+from gradience.results_base import (  # noqa: F401 - SCHEMA_VERSION is read from here
+    SCHEMA_VERSION,
+    SchemaVersion,
+    _Result,
+    _Versioned,
+)
+from gradience.results_tournament import Tournament
 
 # ---------------------------------------------------------------- audit (gradience audit)
 
@@ -99,6 +94,13 @@ class RankPattern(_Versioned):
     probe_r: int
     ranks: dict[str, int] = Field(description="Every module, in the audit's module order.")
     trainable_params: int
+    budget: int | None = Field(
+        None,
+        description="The parameter budget an alloc_* pattern was fitted to (schema 3, optional).",
+    )
+    param_ratio: float | None = Field(
+        None, description="trainable_params / budget for an alloc_* pattern (schema 3, optional)."
+    )
 
 
 # ---------------------------------------------------------------- train / eval
@@ -106,16 +108,37 @@ class RankPattern(_Versioned):
 
 #: The truncation arm: variants made by cutting a seed's probe by SVD to a rank pattern, not
 #: trained (0 steps, evaluation only). Named here, in the schema module that imports nothing of
-#: gradience, so that config validation, the experiment DAG and the statistics read one list.
+#: gradience but its own parts, so that config validation, the experiment DAG and the
+#: statistics read one list.
 TRUNCATED_VARIANTS = (
     "per_layer_truncated",
     "per_layer_truncated_crossseed",
     "probe_truncated_shuffled",
 )
-#: Truncation variants whose rank pattern comes from ANOTHER seed's audit (the next seed of
-#: ``train.seeds``, cyclically), never from the spectrum of the probe they cut: they need at
+#: Variants whose rank pattern comes from ANOTHER seed's audit (the next seed of
+#: ``train.seeds``, cyclically): the truncations never read the spectrum of the probe they
+#: cut, and ``per_layer_crossfit`` trains at the other seed's per_layer ranks. They need at
 #: least two seeds, and each one's job depends on that other seed's audit.
-CROSS_SEED_VARIANTS = ("per_layer_truncated_crossseed", "probe_truncated_shuffled")
+CROSS_SEED_VARIANTS = (
+    "per_layer_truncated_crossseed",
+    "probe_truncated_shuffled",
+    "per_layer_crossfit",
+)
+#: The allocation tournament's allocators (gradience.ranks.allocators, gradience.allocate):
+#: each trains at ``compression.budget``'s parameters.
+ALLOCATOR_VARIANTS = (
+    "alloc_energy",
+    "alloc_erank",
+    "alloc_stable_rank",
+    "alloc_knee",
+    "alloc_oht",
+    "alloc_global_energy",
+    "alloc_depth",
+    "alloc_eva",
+    "alloc_adalora",
+)
+#: Allocators that need the base model and the training data: their own job allocates.
+MODEL_ALLOCATED_VARIANTS = ("alloc_eva", "alloc_adalora")
 
 
 class TrainResult(_Versioned):
@@ -174,6 +197,23 @@ class EvalResult(_Versioned):
         None,
         description="Where that batch size came from: 'config' (pinned), 'free memory', "
         "'cpu default', or 'run' (decided by the seed's probe job for every variant).",
+    )
+    eval_batch_size_final: int | None = Field(
+        None,
+        description="Batch size in effect at the end: eval_batch_size halved once per "
+        "out-of-memory retry (null: not recorded, e.g. the vLLM backend).",
+    )
+    oom_retries: int = Field(
+        0, description="Generation batches that ran out of memory and were retried at half size."
+    )
+    decode_row_steps: int | None = Field(
+        None,
+        description="Rows x forward passes computed while decoding (finished rows leave the batch).",
+    )
+    decode_row_steps_unpruned: int | None = Field(
+        None,
+        description="Rows x forward passes had every batch run to its longest completion "
+        "(what model.generate computes): the baseline for decode_row_steps.",
     )
 
 
@@ -506,6 +546,11 @@ class MechanismAnalysis(_Versioned):
         default_factory=list,
         description="Every sequential look: seeds so far, the boundary, each contrast's statistic, "
         "p-values and decision.",
+    )
+    tournament: Tournament | None = Field(
+        None,
+        description="Every allocator at one parameter budget against the within-type shuffles "
+        "(schema 3, optional; null: no alloc_* variant ran).",
     )
 
 

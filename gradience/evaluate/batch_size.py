@@ -4,9 +4,11 @@ Greedy decoding is bound by reading the weights once per step, whatever the batc
 the batch, the more items per read, until the KV cache fills the accelerator. With
 ``task.eval_batch_size: auto`` a CUDA evaluation takes as many rows as fit in the free memory
 (``torch.cuda.mem_get_info``), counting per row the KV cache of its longest possible sequence
-(prompt + ``max_new_tokens``), the prefill's activations and the last-token logits. On CPU and
+(prompt + ``max_new_tokens``), the prefill's activations (with an unmerged LoRA adapter, the
+temporaries PEFT's LoRA layers add: :class:`LoraShape`) and the last-token logits. On CPU and
 MPS (no free-memory query; batches past a few dozen rows gain little there) it is
-:data:`CPU_BATCH_SIZE`.
+:data:`CPU_BATCH_SIZE`. The estimate is a guide, not a guarantee: an out-of-memory batch is
+halved and retried (:func:`gradience.evaluate.generate.generate_completions`).
 
 The math (:func:`generation_bytes_per_row`, :func:`batch_size_for_memory`) is pure; the
 mechanism test decides once per seed, in the probe's job, and every variant of the seed
@@ -73,15 +75,103 @@ def _first(config: Any, *names: str) -> int:
     raise ValueError(f"the model config has none of {names}")
 
 
-def generation_bytes_per_row(shape: GenerationShape, prompt_tokens: int, new_tokens: int) -> int:
+@dataclass(frozen=True)
+class LoraShape:
+    """What an unmerged LoRA adapter adds to the prefill's peak, read from the PeftModel.
+
+    ``modules``: the distinct ``(d_in, d_out, r)`` of the adapted Linear layers; ``dtype_bytes``:
+    the adapter weights' dtype; ``casts_input``: whether PEFT casts each layer's input to that
+    dtype (``cast_input_dtype_enabled``, on unless a caller turned it off).
+    """
+
+    dtype_bytes: int
+    modules: tuple[tuple[int, int, int], ...]
+    casts_input: bool = True
+
+    def prefill_bytes_per_token(self, compute_bytes: int) -> int:
+        """Peak bytes per prompt token that LoRA layers hold on top of the base model's.
+
+        PEFT's ``lora.Linear.forward`` (as in peft 0.21; older releases cast with ``x.to``)
+        computes, for an input ``x`` of width ``d_in`` in the compute dtype (``c`` bytes) and
+        adapter weights of ``a`` bytes (vanilla LoRA; DoRA's extra terms are not counted)::
+
+            result = base_layer(x)                    # c*d_out: the base model's own output
+            x = x.to(lora_A.dtype)                    # a*d_in, when a != c and casting is on
+            result = result + lora_B(lora_A(x)) * s   # A·x: a*r; B·(A·x): a*d_out;
+                                                      # ·s: a*d_out; the sum: p*d_out
+            result = result.to(c)                     # replaces the base output
+
+        where ``p = max(a, c)`` is the promoted dtype of the sum. Every temporary is freed by
+        the time the layer returns, and layers run in turn, so only the largest module counts.
+        At its stages the extra live bytes per token are
+        ``cast + a*r + a*d_out`` (inside lora_B), ``cast + 2a*d_out`` (the scaling),
+        ``cast + a*d_out + p*d_out`` (the sum) and ``cast + p*d_out`` (the cast back), so the
+        peak is ``cast + a*d_out + max(a*r, p*d_out)``. Mistral-7B's gate_proj, fp32 adapter on
+        a bf16 base: 4*4096 + 4*14336 + 4*14336 = 128 KiB per token, as much as its KV cache.
+        (tests/test_eval_batch_size.py checks this against the live bytes of a PEFT layer.)
+        """
+        a, c = self.dtype_bytes, compute_bytes
+        p = max(a, c)
+        return max(
+            (
+                (a * d_in if self.casts_input and a != c else 0) + a * d_out + max(a * r, p * d_out)
+                for d_in, d_out, r in self.modules
+            ),
+            default=0,
+        )
+
+    @classmethod
+    def from_model(cls, model: Any) -> LoraShape | None:
+        """The active, unmerged LoRA Linear layers of ``model`` (None: no such layer, e.g. a
+        base model, or peft not installed)."""
+        try:
+            from peft.tuners.lora import LoraLayer
+        except ImportError:  # pragma: no cover - peft is a dependency
+            return None
+        import torch
+
+        shapes: set[tuple[int, int, int]] = set()
+        dtype_bytes = 0
+        casts = True
+        for module in model.modules():
+            if not isinstance(module, LoraLayer) or getattr(module, "merged", False):
+                continue
+            if getattr(module, "disable_adapters", False):
+                continue
+            if not isinstance(module.get_base_layer(), torch.nn.Linear):
+                continue
+            for name in module.active_adapters:
+                if name not in module.lora_A:
+                    continue
+                a_weight, b_weight = module.lora_A[name].weight, module.lora_B[name].weight
+                shapes.add((a_weight.shape[1], b_weight.shape[0], a_weight.shape[0]))
+                dtype_bytes = max(dtype_bytes, a_weight.element_size())
+                casts = casts and getattr(module, "cast_input_dtype_enabled", True)
+        if not shapes:
+            return None
+        return cls(dtype_bytes=dtype_bytes, modules=tuple(sorted(shapes)), casts_input=casts)
+
+
+def generation_bytes_per_row(
+    shape: GenerationShape,
+    prompt_tokens: int,
+    new_tokens: int,
+    *,
+    adapter: LoraShape | None = None,
+) -> int:
     """Peak memory one row of a batch adds while generating.
 
     KV cache for the whole sequence; the prefill's largest live activations (one layer at a
     time under inference mode: hidden states, the MLP's gate/up/act, the attention scores of
-    an eager kernel); fp32 logits of the last position and their processed copy.
+    an eager kernel), plus, with an unmerged LoRA ``adapter``, its layers' temporaries
+    (:meth:`LoraShape.prefill_bytes_per_token`: PEFT's fp32 copy of each layer's input and
+    the fp32 LoRA product, per prompt token); fp32 logits of the last position and their
+    processed copy.
     """
     kv = shape.kv_bytes_per_token * (prompt_tokens + new_tokens)
     prefill = prompt_tokens * (4 * shape.hidden + 3 * shape.intermediate) * shape.dtype_bytes
+    if adapter is not None:
+        prefill += prompt_tokens * adapter.prefill_bytes_per_token(shape.dtype_bytes)
     scores = shape.heads * prompt_tokens * prompt_tokens * shape.dtype_bytes
     logits = 3 * shape.vocab * 4
     return kv + prefill + scores + logits
@@ -114,7 +204,8 @@ class BatchSize:
 def choose_eval_batch_size(
     pinned: int | str, model: Any, prompt_lengths: Sequence[int], max_new_tokens: int
 ) -> BatchSize:
-    """``pinned`` if it is a number; else sized to the free memory of the model's device."""
+    """``pinned`` if it is a number; else sized to the free memory of the model's device
+    (counting an unmerged LoRA adapter's prefill temporaries when ``model`` carries one)."""
     import torch
 
     if not isinstance(pinned, str):
@@ -125,5 +216,10 @@ def choose_eval_batch_size(
     free, _total = torch.cuda.mem_get_info(parameter.device)
     dtype = getattr(model, "dtype", parameter.dtype)  # the compute dtype: the KV cache's
     shape = GenerationShape.from_config(model.config, dtype.itemsize)
-    per_row = generation_bytes_per_row(shape, max(prompt_lengths, default=1), max_new_tokens)
+    per_row = generation_bytes_per_row(
+        shape,
+        max(prompt_lengths, default=1),
+        max_new_tokens,
+        adapter=LoraShape.from_model(model),
+    )
     return BatchSize(batch_size_for_memory(free, per_row, len(prompt_lengths)), "free memory")

@@ -130,7 +130,7 @@ def evaluate_model(
     """
     import torch
 
-    from gradience.evaluate.generate import generate_completions
+    from gradience.evaluate.generate import GenerationStats, generate_completions
     from gradience.tasks import build_prompt
 
     started = time.perf_counter()
@@ -150,9 +150,12 @@ def evaluate_model(
             progress({"done": done, "total": len(items)})
         fault_point("eval_batch")
 
+    decoding = GenerationStats()  # filled by the HF path
     generation_started = time.perf_counter()
     if cfg.task.eval_backend == "vllm":
-        generations = generate_with_vllm(cfg, model, tokenizer, prompts, Path(output_dir))
+        generations = generate_with_vllm(
+            cfg, model, tokenizer, prompts, Path(output_dir), adapted=adapter_label is not None
+        )
         batch_finished(len(prompts))
     else:
         generations = generate_completions(
@@ -164,6 +167,7 @@ def evaluate_model(
             stop_strings=cfg.task.stop_strings,
             stop_at_answer=True,
             progress=batch_finished,
+            stats=decoding,
         )
     generation_time = time.perf_counter() - generation_started
     predictions = [
@@ -191,6 +195,10 @@ def evaluate_model(
         max_new_tokens=cfg.task.max_new_tokens,
         eval_batch_size=batch_size.size,
         eval_batch_size_source=batch_size.source,
+        eval_batch_size_final=decoding.batch_size_final or None,
+        oom_retries=decoding.oom_retries,
+        decode_row_steps=decoding.row_steps or None,
+        decode_row_steps_unpruned=decoding.row_steps_unpruned or None,
         config_hash=cfg.config_hash(),
         adapter_applied=adapter_applied(cfg, adapter_label),
     )
@@ -199,9 +207,15 @@ def evaluate_model(
 
 
 def adapter_applied(cfg: ExperimentConfig, adapter_label: str | None) -> str | None:
+    """How the adapter reached the scored model (None: the base model alone)."""
     if adapter_label is None:
         return None
-    return "merged into float32 weights (vllm)" if cfg.task.eval_backend == "vllm" else "unmerged"
+    if cfg.task.eval_backend == "vllm":
+        return (
+            "vllm lora, base unmerged (uniform export: each module's scaling folded into "
+            "lora_B, zero-padded to one rank, lora_alpha = r)"
+        )
+    return "unmerged"
 
 
 def generate_with_vllm(
@@ -210,31 +224,45 @@ def generate_with_vllm(
     tokenizer: PreTrainedTokenizerBase,
     prompts: list[str],
     output_dir: Path,
+    *,
+    adapted: bool,
 ) -> list[Generation]:
-    """The merged model saved under ``output_dir`` (removed afterwards), generated with vLLM."""
+    """Greedy completions from this process's vLLM engine (:mod:`.vllm_backend`).
+
+    ``adapted``: ``model``'s LoRA adapter, as it is in memory, is written as a uniform export
+    to a scratch folder under ``output_dir`` (removed afterwards) and served as a LoRA on the
+    base model vLLM loaded; otherwise the base model alone. The base is never merged.
+    """
     import shutil
+    import tempfile
 
     from gradience.evaluate.generate import prompt_token_ids
-    from gradience.evaluate.vllm_backend import (
-        MERGED_DIR,
-        require_vllm,
-        save_merged_model,
-        vllm_generate,
-    )
+    from gradience.evaluate.vllm_backend import check_vllm_config, require_vllm, vllm_generate
+    from gradience.evaluate.vllm_export import ServedAdapter, export_for_vllm
 
-    require_vllm()  # before writing gigabytes of merged weights
-    folder = save_merged_model(model, tokenizer, output_dir / MERGED_DIR)
-    try:
+    require_vllm()
+    check_vllm_config(cfg)
+    prompt_ids = [prompt_token_ids(tokenizer, p) for p in prompts]
+
+    def generate(adapter: ServedAdapter | None) -> list[Generation]:
         return vllm_generate(
-            folder,
-            [prompt_token_ids(tokenizer, p) for p in prompts],
+            cfg,
+            prompt_ids,
+            adapter=adapter,
+            tokenizer=tokenizer,
             max_new_tokens=cfg.task.max_new_tokens,
             stop_strings=cfg.task.stop_strings,
             stop_at_answer=True,
-            tokenizer=tokenizer,
         )
+
+    if not adapted:
+        return generate(None)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    scratch = Path(tempfile.mkdtemp(prefix=".vllm_lora.", dir=output_dir))
+    try:
+        return generate(export_for_vllm(model, scratch / "adapter"))
     finally:
-        shutil.rmtree(folder, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)
 
 
 def eval_batch_size(

@@ -66,9 +66,10 @@ def run_mechanism_test(
     aside (see :mod:`gradience.experiment.runfolder`).
     """
     if cfg.task.eval_backend == "vllm":  # stop before any training, not at the first eval
-        from gradience.evaluate.vllm_backend import require_vllm
+        from gradience.evaluate.vllm_backend import check_vllm_config, require_vllm
 
         require_vllm()
+        check_vllm_config(cfg)
     ctx = plan.RunContext(cfg, Path(output_dir or cfg.env.output_base_dir).resolve())
     with open_run_folder(ctx.run_dir, cfg, fresh=fresh) as folder:
         if folder.moved_aside is not None:

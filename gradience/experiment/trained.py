@@ -51,8 +51,8 @@ class TrainedModel:
         """Score the model on the task's eval items into ``output_dir``.
 
         ``base_model``: the same evaluation with the LoRA layers switched off, the base model
-        as loaded; always on the transformers backend (vLLM would be handed the merged
-        adapter)."""
+        as loaded; always on the transformers backend (the model in memory, LoRA switched
+        off: no engine to start for one evaluation per run)."""
         from gradience.evaluate import evaluate_model
 
         cfg, adapter_label, lora = ctx.cfg, self.adapter, contextlib.nullcontext()
