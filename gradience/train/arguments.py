@@ -19,13 +19,13 @@ def training_arguments(
     *,
     quiet: bool,
     held_out: bool = True,
-    flattened: bool = False,
 ) -> TrainingArguments:
     """TrainingArguments honouring every field of ``cfg.train`` (and mixed precision from ``cfg.env``).
 
     ``quiet`` turns off the Trainer's own tqdm bar (the caller shows progress); ``held_out``
-    says whether there is a held-out set for ``eval_steps``; ``flattened`` batches carry no
-    padding, so every input token counts as seen.
+    says whether there is a held-out set for ``eval_steps``. ``train.optim`` goes through
+    :func:`resolve_optimizer`. The Trainer's own token counting is off (it syncs the GPU
+    every step): :class:`gradience.train.trainer.GradienceTrainer` counts the same tokens.
     """
     from transformers import TrainingArguments
 
@@ -45,7 +45,7 @@ def training_arguments(
         lr_scheduler_type=t.lr_scheduler_type,
         weight_decay=t.weight_decay,
         max_grad_norm=t.max_grad_norm,
-        optim=t.optim,
+        optim=resolve_optimizer(t.optim, device),
         logging_steps=t.logging_steps,
         logging_nan_inf_filter=False,  # LossGuard must see a NaN, not the running mean
         eval_strategy="steps" if t.eval_steps and held_out else "no",
@@ -62,10 +62,30 @@ def training_arguments(
         fp16=fp16,
         use_cpu=device.type == "cpu",
         remove_unused_columns=False,
-        include_num_input_tokens_seen="all" if flattened else "non_padding",
+        include_num_input_tokens_seen=False,  # GradienceTrainer counts, without a per-step sync
         disable_tqdm=quiet,
         save_only_model=False,
     )
+
+
+#: Optimizers run with PyTorch's fused kernel on CUDA: the same update rule in one kernel
+#: launch for all parameters (transformers' own default since torch 2.8).
+FUSED_ON_CUDA = {"adamw_torch": "adamw_torch_fused"}
+
+
+def resolve_optimizer(name: str, device: torch.device) -> str:
+    """The transformers optimizer name to train with: ``adamw_torch`` is fused AdamW on CUDA.
+
+    Fused and unfused AdamW apply the same update (they differ in float rounding only:
+    ``tests/test_train_fast_path.py``); fused does it in one kernel instead of a few per
+    parameter group. On a CPU ``adamw_torch`` stays as it is, so CPU runs are unchanged.
+    Resolved here, not in the config, so the configured name (and every config hash) stays
+    what the user wrote; a name written explicitly, ``adamw_torch_fused`` included, is used
+    as given on every device.
+    """
+    if device.type == "cuda":
+        return FUSED_ON_CUDA.get(name, name)
+    return name
 
 
 def _checkpointing_arguments(enabled: bool) -> dict[str, Any]:

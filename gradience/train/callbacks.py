@@ -1,4 +1,5 @@
-"""Trainer callbacks: stop on a non-finite loss, keep the loss curve, report progress."""
+"""Trainer callbacks: stop on a non-finite loss, keep the loss curve, report progress, skip the
+final checkpoint."""
 
 from __future__ import annotations
 
@@ -90,3 +91,18 @@ class FaultPoints(TrainerCallback):
 
     def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
         fault_point("checkpoint")  # the Trainer calls this once the checkpoint is on disk
+
+
+class NoFinalCheckpoint(TrainerCallback):
+    """Skips the checkpoint the Trainer writes after the last step (``save_strategy="steps"``).
+
+    The finished adapter is saved right after training and the checkpoint folder deleted, so
+    that last checkpoint (on Mistral-7B ~2 GB of adapter, optimizer and RNG state) would be
+    written only to be removed. A job killed between the last step and the adapter's save
+    resumes from the checkpoint before it. Register it after the Trainer's own callbacks
+    (the Trainer's ``callbacks=`` argument does): it undoes what ``DefaultFlowCallback`` set.
+    """
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        if state.max_steps > 0 and state.global_step >= state.max_steps:
+            control.should_save = False

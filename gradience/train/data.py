@@ -10,6 +10,14 @@ kernels, or the block-diagonal mask transformers builds for sdpa/eager from the 
 The same examples make the same step, and the loss is the same per-token mean over the same
 answer tokens (the first label of each example is -100 in both layouts, so no token is
 predicted across a boundary); only the padding (about a third of the tokens on GSM8K) is gone.
+
+With flash-attention (``model.attn_implementation: flash_attention_2``) the flattened batch
+also carries the varlen kernel's own arguments, ``cu_seq_lens_q/k`` (each example's start
+offset, and the total) and ``max_length_q/k`` (the longest example), computed once per batch
+on the host by the collator. Without them transformers derives them from ``position_ids`` in
+every attention layer, with device-to-host reads each time (32 layers on Mistral-7B).
+sdpa and eager batches do not carry them (their block-diagonal mask comes from
+``position_ids``).
 """
 
 from __future__ import annotations
@@ -139,6 +147,13 @@ class CompletionCollator:
 
 #: Attention implementations for which transformers keeps packed sequences apart.
 PACKING_ATTENTION = ("sdpa", "eager", "flash_attention_2", "flash_attention_3", "flex_attention")
+#: Those whose varlen kernels take the sequence boundaries as ``cu_seq_lens_q/k`` arguments.
+FLASH_ATTENTION = ("flash_attention_2", "flash_attention_3")
+
+
+def attention_implementation(model: Any) -> str | None:
+    """The attention implementation the model runs (``config._attn_implementation``)."""
+    return getattr(getattr(model, "config", None), "_attn_implementation", None)
 
 
 def supports_padding_free(model: Any) -> bool:
@@ -147,21 +162,19 @@ def supports_padding_free(model: Any) -> bool:
         from transformers.masking_utils import find_packed_sequence_indices  # noqa: F401
     except ImportError:  # older transformers: sdpa/eager would attend across examples
         return False
-    config = getattr(model, "config", None)
-    return getattr(config, "_attn_implementation", None) in PACKING_ATTENTION
+    return attention_implementation(model) in PACKING_ATTENTION
 
 
 def training_collator(padding_free: bool | None, model: Any, pad_token_id: int) -> tuple[Any, bool]:
     """The collator for training and held-out loss, and whether it flattens.
 
     ``padding_free`` None decides by :func:`supports_padding_free`; True insists (an error
-    where the attention cannot keep examples apart); False always pads.
+    where the attention cannot keep examples apart); False always pads. A flattening
+    collator for a flash-attention model also returns the flash kwargs (module docstring).
     """
-    from transformers import DataCollatorWithFlattening
-
     supported = supports_padding_free(model)
     if padding_free is True and not supported:
-        impl = getattr(getattr(model, "config", None), "_attn_implementation", None)
+        impl = attention_implementation(model)
         raise GradienceError(
             f"padding-free training needs an attention implementation that keeps packed "
             f"sequences apart ({', '.join(PACKING_ATTENTION)}); this model uses {impl!r}",
@@ -169,4 +182,20 @@ def training_collator(padding_free: bool | None, model: Any, pad_token_id: int) 
         )
     if padding_free is False or not supported:
         return CompletionCollator(pad_token_id=pad_token_id), False
-    return DataCollatorWithFlattening(return_position_ids=True, separator_id=IGNORE_INDEX), True
+    return flattening_collator(attention_implementation(model) in FLASH_ATTENTION), True
+
+
+def flattening_collator(flash_kwargs: bool) -> Any:
+    """transformers' ``DataCollatorWithFlattening``: position ids, -100 between examples, and
+    with ``flash_kwargs`` the varlen boundaries (where this transformers offers them: added by
+    huggingface/transformers#36456 in 2025; older ones leave flash-attention to derive them
+    from the position ids, correct but slower)."""
+    import inspect
+
+    from transformers import DataCollatorWithFlattening
+
+    options: dict[str, Any] = {"return_position_ids": True, "separator_id": IGNORE_INDEX}
+    offered = inspect.signature(DataCollatorWithFlattening.__init__).parameters
+    if flash_kwargs and "return_flash_attn_kwargs" in offered:
+        options["return_flash_attn_kwargs"] = True
+    return DataCollatorWithFlattening(**options)

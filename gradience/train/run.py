@@ -24,7 +24,7 @@ from gradience.faults import fault_point
 from gradience.io import read_json, write_json_atomic, write_model
 from gradience.results import SCHEMA_VERSION, TrainResult
 from gradience.train.arguments import training_arguments
-from gradience.train.callbacks import FaultPoints, LossGuard, LossRecorder
+from gradience.train.callbacks import FaultPoints, LossGuard, LossRecorder, NoFinalCheckpoint
 from gradience.train.checkpoints import last_complete_checkpoint
 from gradience.train.data import (
     CompletionCollator,
@@ -247,14 +247,20 @@ def build_trainer(
     checkpoint_dir: Path,
     recorder: LossRecorder,
 ) -> Any:
-    """The HF Trainer with gradience's collator, NaN guard and loss recorder."""
-    from transformers import PrinterCallback, Trainer
+    """:class:`GradienceTrainer` with gradience's collator, NaN guard and loss recorder.
+
+    No checkpoint is written after the last step (:class:`NoFinalCheckpoint`): the adapter
+    saved right after training supersedes it.
+    """
+    from transformers import PrinterCallback
+
+    from gradience.train.trainer import GradienceTrainer
 
     quiet = recorder.progress is not None
-    collator, flattened = training_collator(
+    collator, _ = training_collator(
         cfg.train.padding_free, peft_model.get_base_model(), _pad_id(tokenizer)
     )
-    trainer = Trainer(
+    trainer = GradienceTrainer(
         model=peft_model,
         args=training_arguments(
             cfg,
@@ -262,12 +268,16 @@ def build_trainer(
             checkpoint_dir,
             quiet=quiet,
             held_out=bool(eval_features),
-            flattened=flattened,
         ),
         train_dataset=FeatureDataset(train_features),
         eval_dataset=FeatureDataset(eval_features) if eval_features else None,
         data_collator=collator,
-        callbacks=[LossGuard(cfg.train.learning_rate), recorder, FaultPoints()],
+        callbacks=[
+            LossGuard(cfg.train.learning_rate),
+            recorder,
+            FaultPoints(),
+            NoFinalCheckpoint(),
+        ],
     )
     if quiet:
         trainer.remove_callback(PrinterCallback)  # it would print every log dict to stdout
