@@ -6,9 +6,14 @@ readable; like every section it rejects unknown keys.
 
 from __future__ import annotations
 
+import re
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+#: Set by Ray in every task to the accelerators it grants: never passed from the driver.
+RAY_OWNED_ENV_VARS = ("CUDA_VISIBLE_DEVICES", "ROCR_VISIBLE_DEVICES", "HIP_VISIBLE_DEVICES")
+_ENV_VAR_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 class Section(BaseModel):
@@ -22,12 +27,16 @@ class EnvConfig(Section):
         "auto", description="Where to train and evaluate; 'auto' picks CUDA when present."
     )
     torch_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
-        "bfloat16", description="Weights dtype; bfloat16/float16 also turn on mixed-precision training."
+        "bfloat16",
+        description="Weights dtype; bfloat16/float16 also turn on mixed-precision training.",
     )
     output_base_dir: str = Field(
-        "experiments/mechanism_test_results", description="Where runs are written (relative to the working directory)."
+        "experiments/mechanism_test_results",
+        description="Where runs are written (relative to the working directory).",
     )
-    executor: Literal["local", "ray"] = Field("local", description="Run jobs one by one, or as Ray tasks.")
+    executor: Literal["local", "ray"] = Field(
+        "local", description="Run jobs one by one, or as Ray tasks."
+    )
     ray_address: str | None = Field(
         None, description="ray.init(address=...) for the ray executor; null starts a local Ray."
     )
@@ -73,11 +82,39 @@ class EnvConfig(Section):
     ray_scratch_dir: str | None = Field(
         None,
         description="Node-local folder where Ray tasks work when the run folder travels through "
-        "the object store (one subfolder per node, removed file by file as jobs end); null: "
-        "each node's temp dir.",
+        "the object store: one subfolder per node, in it one folder per run and job, the same "
+        "for every attempt (a retried task resumes from the checkpoints its dead attempt left "
+        "there), removed when the job ends (a failed job's checkpoints stay for its next "
+        "attempt); null: each node's temp dir.",
     )
     ray_dashboard: bool = Field(
         False,
         description="Start Ray's dashboard (on 127.0.0.1) when gradience starts Ray itself; "
         "off by default. A Ray that gradience starts binds to 127.0.0.1 only.",
     )
+    ray_env_vars: list[str] = Field(
+        default_factory=list,
+        description="More environment variables for Ray tasks, by name: each one set on the "
+        "driver is passed to every task (runtime_env env_vars), beside the Hugging Face, "
+        "gradience and CUDA allocator variables passed anyway "
+        "(gradience.experiment.ray_setup.PASSED_ENV_VARS). Never CUDA_VISIBLE_DEVICES: Ray "
+        "sets it per task.",
+    )
+    ray_cpus_per_task: float = Field(
+        1,
+        gt=0,
+        description="CPUs each train+eval Ray task reserves (num_cpus, beside its GPU); torch "
+        "in the task uses that many threads (Ray sets OMP_NUM_THREADS to it unless it is set "
+        "already) unless env.num_threads says otherwise. 1 suits a GPU task (its Python loop runs on one core); on a CPU-only "
+        "cluster it decides how many jobs share a node.",
+    )
+
+    @field_validator("ray_env_vars")
+    @classmethod
+    def _env_var_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not _ENV_VAR_NAME.match(name):
+                raise ValueError(f"{name!r} is not an environment variable name")
+            if name in RAY_OWNED_ENV_VARS:
+                raise ValueError(f"{name} is set by Ray in each task (the GPU it grants)")
+        return value

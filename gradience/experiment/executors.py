@@ -16,7 +16,29 @@ its ranks come from); Ray decides where and when each runs:
   sees it, and the live view follows running jobs' records); or through the object store,
   where each task works in a node-local scratch folder and the driver writes every file
   (:mod:`gradience.experiment.shipping`; the view then shows jobs as they finish). ``auto``
-  takes the first when every node sees the run folder, else the second.
+  takes the first when every node sees the run folder, else the second;
+* each task's CPUs, its environment variables and the code the nodes run come from
+  :mod:`gradience.experiment.ray_setup` (``env.ray_cpus_per_task``, ``env.ray_env_vars``).
+  Ray retries a task whose worker died (its default, 3 retries); in object-store mode the
+  retry finds the Trainer checkpoints of the attempt that died when it runs on the same node.
+
+How much faster than one GPU the DAG can be (equal-length train+eval jobs of time t; the
+audit takes seconds on a CPU and is left out). With S seeds and V trained variants, one GPU
+takes S(1+V)t. On G >= S GPUs, only the S probes can run during the first t, then the S·V
+variants run ceil(S·V/G) to a GPU: speed-up = S(1+V) / (1 + ceil(S·V/G)), at most
+S(1+V)/2 (reached at G >= S·V: every chain is probe -> variant, 2t). On G < S GPUs the work
+bounds it: S(1+V) / ceil(S(1+V)/G), i.e. about G. The flagship (S = 3, V = 3: per_layer and
+the two shuffles; 12 jobs): 1, 2, 3, 3, 4, 4, 4, 4, 6 on 1..9 GPUs: 3x on 3 GPUs and still on
+4; 6x is the ceiling. With unequal jobs (probe p, variants v, eval-only truncations e, the
+base model's evaluation b in the first seed's probe), the bounds are: work W/G, with
+W = S(p + V·v + V_e·e) + b; the first probe's end, p + (W - min(S,G)·p)/G; the longest
+chain, p + b + max(v, e). Cross-seed truncations (``plan.CROSS_SEED``) wait for two seeds'
+audits, which all end by p when G >= S: they add no depth. ``--until-decided`` runs the
+first min_seeds seeds as above, then adds seeds (one per step on Ray, ``env.workers`` on
+the local executor): a step with k new seeds has k(1+V) jobs (earlier jobs are reused,
+but the previously last seed's cross-seed truncations are redone, their rank source having
+changed) and gains at most k(1+V) / (1 + ceil(k·V/G)): on Ray, k = 1, (1+V)/2 at best
+(1.5x for the decisive config's V = 2), and all but one GPU idle while each probe trains.
 """
 
 from __future__ import annotations
@@ -29,6 +51,14 @@ from typing import TYPE_CHECKING, Any
 from gradience.errors import GradienceError
 from gradience.experiment import plan
 from gradience.experiment.jobs import EventSink, JobOutcome, audit_job, emit, probe_job, variant_job
+from gradience.experiment.ray_setup import (
+    AUDIT_CPUS,
+    check_task_fits,
+    code_runtime_env,
+    job_resources,
+    run_dir_is_shared,
+    task_runtime_env,
+)
 from gradience.experiment.records import JobProgress, JobRecord, read_record
 
 if TYPE_CHECKING:
@@ -98,7 +128,8 @@ def run_on_ray(
     """Submit every job as a Ray task (one GPU each when the cluster has GPUs) and wait for all.
 
     Uses the Ray instance already initialised in this process if there is one; otherwise
-    starts one (:func:`start_ray`) and shuts it down afterwards.
+    starts one (:func:`start_ray`, shipping this gradience package to the nodes) and shuts it
+    down afterwards.
     """
     try:
         import ray
@@ -111,9 +142,13 @@ def run_on_ray(
     reuse_base_model(ctx.cfg, "ray")  # env.reuse_base_model: true is an error here
     started_here = not ray.is_initialized()
     if started_here:
-        start_ray(address, dashboard=ctx.cfg.env.ray_dashboard)
+        start_ray(address, dashboard=ctx.cfg.env.ray_dashboard, runtime_env=code_runtime_env())
     try:
         resources = job_resources(ctx, ray.cluster_resources().get("GPU", 0))
+        check_task_fits(resources, ray.nodes())
+        runtime_env = task_runtime_env(ctx.cfg.env)
+        if runtime_env:
+            resources["runtime_env"] = runtime_env
         shared = run_dir_is_shared(ctx)
         watcher = RecordWatcher(ctx, sink)  # before submitting: every record change is news
         submit = submit_jobs if shared else submit_shipped_jobs
@@ -123,9 +158,11 @@ def run_on_ray(
             ray.shutdown()
 
 
-def start_ray(address: str | None, *, dashboard: bool = False) -> Any:
-    """``ray.init(address=address)``; None (and no RAY_ADDRESS) starts a new local Ray, bound
-    to 127.0.0.1 only.
+def start_ray(
+    address: str | None, *, dashboard: bool = False, runtime_env: dict[str, Any] | None = None
+) -> Any:
+    """``ray.init(address=address, runtime_env=runtime_env)``; None (and no RAY_ADDRESS) starts
+    a new local Ray, bound to 127.0.0.1 only.
 
     Ray's servers listen on every interface of the machine's address by default, and its
     dashboard can submit jobs: a local run needs neither. Ray picks the loopback address when
@@ -147,77 +184,12 @@ def start_ray(address: str | None, *, dashboard: bool = False) -> Any:
             include_dashboard=dashboard,
             dashboard_host="127.0.0.1",
             log_to_driver=False,
+            runtime_env=runtime_env,
         )
     except ConnectionError as error:
         raise GradienceError(
             f"cannot connect to Ray at {address!r}: {error}", field="env.ray_address"
         ) from None
-
-
-def job_resources(ctx: plan.RunContext, cluster_gpus: float) -> dict[str, Any]:
-    """One GPU per train+eval task when the cluster has any GPU, else one CPU; never a silent
-    CPU fallback for a config that asks for CUDA (or a hub model on ``auto``)."""
-    if cluster_gpus >= 1:
-        return {"num_gpus": 1}
-    device = ctx.cfg.env.device
-    wants_gpu = device == "cuda" or (
-        device == "auto" and not ctx.cfg.model.name.startswith("embedded:")
-    )
-    if wants_gpu:
-        raise GradienceError(
-            f"env.device is {device!r} but the Ray cluster offers no GPU (on an autoscaling "
-            "cluster: its GPU nodes are not up yet). Start GPU nodes and rerun, or set "
-            "env.device: cpu to run on CPUs on purpose",
-            field="env.device",
-        )
-    return {"num_cpus": 1}
-
-
-def run_dir_is_shared(ctx: plan.RunContext) -> bool:
-    """Whether jobs use the run folder directly (``env.ray_run_dir``; see the module docstring)."""
-    mode = ctx.cfg.env.ray_run_dir
-    if mode == "shared":
-        check_shared_run_dir(ctx)
-        return True
-    return mode == "auto" and not nodes_without_run_dir(ctx)
-
-
-def check_shared_run_dir(ctx: plan.RunContext) -> None:
-    """Every alive node must see the run folder's config.yaml, or the run stops now."""
-    blind = nodes_without_run_dir(ctx)
-    if blind:
-        raise GradienceError(
-            f"Ray node(s) {', '.join(blind)} cannot see the run folder {ctx.run_dir}, and "
-            "env.ray_run_dir is 'shared' (jobs read the probe's adapter and write their results "
-            "there). Put env.output_base_dir on a shared disk, or set env.ray_run_dir to 'auto' "
-            "or 'object_store' to send files through Ray's object store",
-            field="env.ray_run_dir",
-        )
-
-
-def nodes_without_run_dir(ctx: plan.RunContext) -> list[str]:
-    """The alive nodes that cannot see the run folder's config.yaml (host names, sorted)."""
-    import ray
-    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
-
-    marker = str(ctx.run_dir / "config.yaml")
-    nodes = [node for node in ray.nodes() if node.get("Alive")]
-    probes = {
-        node.get("NodeManagerHostname", node["NodeID"]): ray.remote(_sees_file)
-        .options(
-            num_cpus=0,
-            scheduling_strategy=NodeAffinitySchedulingStrategy(node["NodeID"], soft=False),
-        )
-        .remote(marker)
-        for node in nodes
-    }
-    return sorted(host for host, ref in probes.items() if not ray.get(ref))
-
-
-def _sees_file(path: str) -> bool:
-    import os
-
-    return os.path.isfile(path)
 
 
 def submit_jobs(
@@ -232,7 +204,7 @@ def submit_jobs(
 
     # the decorator form: .options() cannot set max_calls (Ray refuses it there)
     probe_task = ray.remote(max_calls=1, **train_eval)(probe_job)
-    audit_task = ray.remote(num_cpus=1)(audit_job)
+    audit_task = ray.remote(**audit_options(train_eval))(audit_job)
     variant_task = ray.remote(max_calls=1, **train_eval)(variant_job)
     data_ref = ray.put(task_data)
     probes = {seed: probe_task.remote(ctx, seed, data_ref) for seed in ctx.cfg.train.seeds}
@@ -247,6 +219,14 @@ def submit_jobs(
                 ctx, seed, variant, audits[seed], data_ref, None, source
             )
     return refs
+
+
+def audit_options(train_eval: dict[str, Any]) -> dict[str, Any]:
+    """The audit task's options: one CPU, and the train+eval tasks' runtime_env, if any."""
+    options: dict[str, Any] = {"num_cpus": AUDIT_CPUS}
+    if "runtime_env" in train_eval:
+        options["runtime_env"] = train_eval["runtime_env"]
+    return options
 
 
 def rank_source_ref(ctx: plan.RunContext, seed: int, variant: str, audits: dict[int, Any]) -> Any:
@@ -266,7 +246,7 @@ def submit_shipped_jobs(
     from gradience.experiment import shipping
 
     probe_task = ray.remote(max_calls=1, **train_eval)(shipping.shipped_probe)
-    audit_task = ray.remote(num_cpus=1)(shipping.shipped_audit)
+    audit_task = ray.remote(**audit_options(train_eval))(shipping.shipped_audit)
     variant_task = ray.remote(max_calls=1, **train_eval)(shipping.shipped_variant)
     data_ref = ray.put(task_data)
     probes, audits = {}, {}

@@ -1,9 +1,10 @@
 """Ray without a shared disk: job inputs and results travel through the object store.
 
 In this mode (``env.ray_run_dir``, see :mod:`gradience.experiment.executors`) no task touches
-the run folder. Each task works in a fresh folder under its node's scratch root
+the run folder. Each task works in its job's folder under its node's scratch root
 (``env.ray_scratch_dir``, default the node's temp dir; one subfolder per node), laid out like
-the run folder:
+the run folder and named after the run and the job (:func:`job_scratch`), so that every
+attempt of one job on one node works in the same folder:
 
 * the driver packs the job's own files from the run folder into the task's arguments (its
   record and finished outputs, so a finished job is reused and an evaluation-only attempt
@@ -14,7 +15,20 @@ the run folder:
   the other seed's audit, whose per_layer ranks it is cut to (only the outcome: no file of
   that seed enters its scratch folder), and owns its own rank file besides its folder;
 * the task returns a :class:`Shipment`, its outcome and every file it owns, and removes its
-  scratch folder.
+  scratch folder; a job that failed keeps its Trainer checkpoints there (nothing else), as a
+  shared run folder would: a rerun whose task lands on this node resumes them, and removes
+  them once the job has finished. (Checkpoints of a job that never finishes on this node stay
+  until someone removes them: the scratch root may be emptied whenever no run is going.)
+
+**Retries resume.** Ray retries a task whose worker died (an out-of-memory kill, a crash in
+CUDA); the retry starts by removing what the dead attempt left in the job's folder except its
+checkpoints (``checkpoints/`` of the job), then proceeds as above: training resumes from the
+last complete checkpoint of the same training (:mod:`gradience.train.run` checks that it is),
+when ``train.save_steps`` writes checkpoints and ``env.resume_from_checkpoint`` is on. A retry
+that Ray places on another node finds no checkpoint there and trains from step 0; so does
+an attempt on a node that was restarted or replaced (the scratch root is named after Ray's
+node id, which a restart changes). With a shared run folder (``env.ray_run_dir: shared``)
+checkpoints live in the run folder and any node resumes.
 
 The driver writes every shipped file into the run folder (:func:`deliver`), atomically, the
 job's record last and after removing the old one: a driver killed halfway leaves a job
@@ -26,6 +40,8 @@ where the files now are.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import shutil
 import tempfile
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -70,9 +86,10 @@ class Shipment:
 
 
 def train_eval_owned(seed: int, variant: str) -> list[str]:
-    """The job's folder; a cross-seed truncation also writes its ``ranks/<variant>.json``."""
+    """The job's folder; a cross-seed or model-allocated variant also writes its
+    ``ranks/<variant>.json``."""
     owned = [_rel(plan.job_dir(Path(), seed, variant))]
-    if variant in plan.CROSS_SEED:
+    if variant in plan.OWN_RANKS:
         owned.append(_rel(plan.ranks_file(Path(), seed, variant)))
     return owned
 
@@ -167,23 +184,32 @@ def _holds(path: Path, data: bytes) -> bool:
 
 def in_scratch(
     ctx: plan.RunContext,
+    job_id: str,
     inputs: dict[str, bytes],
     upstream: Iterable[Shipment | None],
     owned: list[str],
     replaces: tuple[str, ...],
     job: Callable[[plan.RunContext], JobOutcome],
+    checkpoints: str | None = None,
 ) -> Shipment:
-    """Run ``job`` in a fresh scratch folder holding ``inputs`` and the upstream files."""
-    root = scratch_root(ctx)
-    root.mkdir(parents=True, exist_ok=True)
-    with tempfile.TemporaryDirectory(prefix="job-", dir=root) as folder:
-        local = dataclasses.replace(ctx, run_dir=Path(folder))
-        for shipment in upstream:
-            if shipment is not None:
-                unpack(local.run_dir, shipment.files)
-        unpack(local.run_dir, inputs)
-        outcome = job(local)
-        return Shipment(outcome, pack(local.run_dir, owned), replaces, str(local.run_dir))
+    """Run ``job`` in the job's scratch folder holding ``inputs`` and the upstream files.
+
+    ``checkpoints``: the job's checkpoint folder (relative to the run folder), kept from an
+    earlier attempt and, when this one fails, for a later one (see the module docstring).
+    """
+    folder = job_scratch(ctx, job_id)
+    kept = folder / checkpoints if checkpoints and resumes(ctx) else None
+    clear(folder, kept)  # an earlier attempt's leftovers, but its checkpoints
+    folder.mkdir(parents=True, exist_ok=True)
+    local = dataclasses.replace(ctx, run_dir=folder)
+    for shipment in upstream:
+        if shipment is not None:
+            unpack(local.run_dir, shipment.files)
+    unpack(local.run_dir, inputs)
+    outcome = job(local)
+    shipment = Shipment(outcome, pack(local.run_dir, owned), replaces, str(local.run_dir))
+    clear(folder, kept if outcome.status == "failed" else None)
+    return shipment
 
 
 def scratch_root(ctx: plan.RunContext) -> Path:
@@ -195,11 +221,57 @@ def scratch_root(ctx: plan.RunContext) -> Path:
     return Path(base).expanduser() / f"gradience-node-{node}"
 
 
+def job_scratch(ctx: plan.RunContext, job_id: str) -> Path:
+    """Where every attempt of ``job_id`` (``seed_42/probe``) of this run works on this node:
+    ``<scratch root>/run-<12 hex of the run folder's path>-seed_42-probe``."""
+    return scratch_root(ctx) / scratch_name(ctx.run_dir, job_id)
+
+
+def scratch_name(run_dir: Path, job_id: str) -> str:
+    """The job's scratch folder name: the run (its folder's path, hashed) and the job."""
+    run = hashlib.sha256(str(run_dir).encode()).hexdigest()[:12]
+    seed, name = job_id.split("/", 1)
+    return f"run-{run}-{plan.path_component(seed)}-{plan.path_component(name)}"
+
+
+def resumes(ctx: plan.RunContext) -> bool:
+    """Whether a job's training can resume at all: it writes checkpoints and may resume."""
+    return ctx.cfg.train.save_steps is not None and ctx.cfg.env.resume_from_checkpoint
+
+
+def clear(folder: Path, keep: Path | None = None) -> None:
+    """Remove ``folder`` and all in it, but ``keep`` (a path inside it) when that exists."""
+    if not folder.is_dir():
+        return
+    if keep is None or not keep.exists():
+        shutil.rmtree(folder)
+        return
+    for item in folder.iterdir():
+        if item == keep:
+            continue
+        if item.is_dir() and not item.is_symlink():
+            if keep.is_relative_to(item):
+                clear(item, keep)
+            else:
+                shutil.rmtree(item)
+        else:
+            item.unlink()
+
+
 def shipped_probe(
     ctx: plan.RunContext, seed: int, task_data: TaskData, inputs: dict[str, bytes]
 ) -> Shipment:
     owned = train_eval_owned(seed, plan.PROBE)
-    return in_scratch(ctx, inputs, [], owned, tuple(owned), lambda c: probe_job(c, seed, task_data))
+    return in_scratch(
+        ctx,
+        plan.job_id(seed, plan.PROBE),
+        inputs,
+        [],
+        owned,
+        tuple(owned),
+        lambda c: probe_job(c, seed, task_data),
+        checkpoints_of(seed, plan.PROBE),
+    )
 
 
 def shipped_audit(
@@ -207,6 +279,7 @@ def shipped_audit(
 ) -> Shipment:
     return in_scratch(
         ctx,
+        plan.job_id(seed, plan.AUDIT),
         inputs,
         [probe],
         audit_owned(seed, ctx.cfg),
@@ -230,9 +303,18 @@ def shipped_variant(
     source_outcome = source.outcome if source is not None else None
     return in_scratch(
         ctx,
+        plan.job_id(seed, variant),
         inputs,
         [probe, audit],
         train_eval_owned(seed, variant),
         (_rel(plan.job_dir(Path(), seed, variant)),),
         lambda c: variant_job(c, seed, variant, audit.outcome, task_data, None, source_outcome),
+        checkpoints_of(seed, variant),
     )
+
+
+def checkpoints_of(seed: int, variant: str) -> str:
+    """A train+eval job's Trainer checkpoint folder, relative to the run folder."""
+    from gradience.train.run import CHECKPOINT_DIR
+
+    return _rel(plan.job_dir(Path(), seed, variant) / CHECKPOINT_DIR)

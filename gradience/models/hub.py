@@ -53,8 +53,9 @@ def load_hub_model(
     model_kwargs[dtype_key] = dtype
     if model_cfg.attn_implementation is not None:
         model_kwargs["attn_implementation"] = model_cfg.attn_implementation
-    if model_cfg.device_map is not None:
-        model_kwargs["device_map"] = model_cfg.device_map
+    device_map = load_device_map(model_cfg, device, _current_cuda_index(device))
+    if device_map is not None:
+        model_kwargs["device_map"] = device_map
     try:
         tokenizer = AutoTokenizer.from_pretrained(name, **common)
         model = AutoModelForCausalLM.from_pretrained(name, **model_kwargs)
@@ -64,10 +65,39 @@ def load_hub_model(
         ) from None
     if model_cfg.gguf_file is not None:
         forget_gguf_quantization(model)
-    if model_cfg.device_map is None:
+    if device_map is None:
         model.to(device)
     ensure_pad_token(tokenizer, model)
     return model, tokenizer
+
+
+def load_device_map(
+    model_cfg: ModelConfig, device: torch.device, cuda_index: int = 0
+) -> str | dict[str, torch.device] | None:
+    """The ``device_map`` given to ``from_pretrained`` (None: load on the host, then ``.to``).
+
+    ``model.device_map`` when the config sets one. Else, on CUDA, the whole model straight
+    onto the GPU, ``{"": cuda:<i>}``: the weights go from the safetensors files to the GPU
+    without a full copy in host memory first (for Mistral-7B in bfloat16, 14.5 GB of RAM and
+    the time to fill it, per job). ``i`` is ``device``'s own index, else ``cuda_index``: the
+    process's current CUDA device, which in a Ray task holding one GPU is that GPU (Ray
+    leaves only it visible, as ``cuda:0``). One device means no accelerate dispatch hooks:
+    the model is an ordinary module on that GPU, as ``.to(device)`` would leave it. CPU and
+    MPS load as before, and so do GGUF files (read into host memory by the gguf reader).
+    """
+    if model_cfg.device_map is not None:
+        return model_cfg.device_map
+    if device.type != "cuda" or model_cfg.gguf_file is not None:
+        return None
+    index = device.index if device.index is not None else cuda_index
+    return {"": torch.device("cuda", index)}
+
+
+def _current_cuda_index(device: torch.device) -> int:
+    """The current CUDA device of this process, for a ``cuda`` device without an index."""
+    if device.type != "cuda" or device.index is not None:
+        return 0
+    return torch.cuda.current_device()
 
 
 def resolve_model_name(name: str) -> str:
