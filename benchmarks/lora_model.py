@@ -1,9 +1,10 @@
-"""The model the GPU benchmarks share: a Mistral with random weights and LoRA on all 7
-projections, its parameter counts and model FLOPs per step, and GSM8K-like example lengths.
+"""What the GPU benchmarks share: Mistral-7B's shape, its parameter counts and model FLOPs
+per LoRA training step, GSM8K-like example lengths, and a random Mistral with LoRA on all 7
+projections (:func:`build`, generation.py's model).
 
-Used by mfu.py, generation.py, experiment_cost.py and gpu_check.py, so that they measure
-and count the same thing. The FLOP count (``flops_per_step``) is explained in mfu.py's
-docstring: 4·N_base + 6·N_lora per real token, plus 6·L·h·n² of attention per example.
+Used by mfu.py, generation.py, experiment_cost.py, gpu_check.py and vllm_parity.py, so that
+they measure and count the same thing. The FLOP count (:func:`flops_per_step`) is explained
+in mfu.py's docstring: 4·N·T + 6·N_lora·T, plus 6·L·h·n² of attention per example.
 """
 
 from __future__ import annotations
@@ -70,7 +71,6 @@ def flops_per_step(
 @dataclass
 class Setup:
     model: object
-    optimizer: object
     device: object
     dtype: object
     n_matmul: int
@@ -82,7 +82,8 @@ class Setup:
 
 
 def build(shape: dict, rank: int, device, dtype, attn: str, seed: int = 0) -> Setup:
-    """A random-weight Mistral of ``shape`` with LoRA on all 7 projections, and its AdamW."""
+    """A random-weight Mistral of ``shape`` with LoRA on all 7 projections (PEFT's defaults:
+    fp32 adapters under a ``dtype`` base)."""
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import MistralConfig, MistralForCausalLM
@@ -109,10 +110,8 @@ def build(shape: dict, rank: int, device, dtype, attn: str, seed: int = 0) -> Se
     trainable = [p for p in model.parameters() if p.requires_grad]
     # the FLOP count rests on these; the analytic count must match the built model
     assert model_counts(shape, rank) == (n_matmul, sum(p.numel() for p in trainable))
-    optimizer = torch.optim.AdamW(trainable, lr=1e-4, fused=device.type == "cuda")
     return Setup(
         model,
-        optimizer,
         device,
         dtype,
         n_matmul,
@@ -122,10 +121,3 @@ def build(shape: dict, rank: int, device, dtype, attn: str, seed: int = 0) -> Se
         shape["vocab_size"],
         attn,
     )
-
-
-def sync(setup: Setup) -> None:
-    import torch
-
-    if setup.device.type == "cuda":
-        torch.cuda.synchronize()

@@ -1,54 +1,78 @@
-"""Tokens/s and model-FLOPs utilisation of one LoRA training step, as written vs with the fixes.
+"""Model-FLOPs utilisation of the flagship's training step, through gradience's own Trainer path.
 
-The model is Mistral-7B-shaped (hidden 4096, 32 layers, GQA 32/8 heads, MLP 14336, vocab
-32000) with random weights, LoRA r=64 (alpha 32, dropout 0.1) on all 7 projections, batches
-of 8 GSM8K-like examples, bf16 weights with fp32 LoRA under bf16 autocast (what the Trainer
-does with the flagship config). On CPU a small shape of the same architecture in float32:
-its figures are NOT GPU figures.
+What runs: :func:`gradience.train.run.train_variant`, the function every mechanism-test job
+calls, on the flagship config (``experiments/mechanism_test_config.yaml``: LoRA r=64 on all 7
+projections with its alpha policy and dropout 0.1, batch 8, ``max_seq_length`` 512, bf16,
+its optimizer, its collator, gradient checkpointing off as the flagship sets it), with three
+things replaced so that it runs offline in seconds:
 
-Two ways of running the *same* batches, alternated step-block by step-block in one process
-so that a busy machine slows both alike:
+* the model: a Mistral-7B-shaped random model (hidden 4096, GQA 32/8 heads, MLP 14336,
+  vocabulary ~32,000) built on the GPU by ``train_variant``'s ``model_loader``. **16 of its
+  32 layers** by default (``--layers``), to fit the check's time: every layer does the
+  flagship's work, and the costs that do not grow with depth (the Trainer's bookkeeping,
+  the loss over ~32,000 logits a token) are spread over half the work, so the MFU is, if
+  anything, a little below the full model's;
+* the data: GSM8K-like items (:mod:`synthetic`: a made-up word per token, lengths from a
+  log-normal with GSM8K's mean ≈ 190 and sd ≈ 65 tokens);
+* the step count: ``--warmup`` steps (kernels, allocator), then ``--steps`` timed ones.
 
-* **as written**: each batch right-padded to its longest row (gradience's CompletionCollator
-  does this), gradient checkpointing on (the flagship config's setting);
-* **with the fixes**: each batch flattened into one row with ``position_ids``
-  (transformers' ``DataCollatorWithFlattening``: no padding; attention stays within each
-  example), gradient checkpointing off. flash-attention 2 when installed, else sdpa (which
-  transformers masks per packed sequence from the position ids).
+**Timing**: a TrainerCallback synchronises the GPU at the end of the last warm-up step and of
+the last step; step time = elapsed / timed steps. The timed steps' tokens are read from the
+collator's own calls (a wrapper counts each batch's examples and their lengths).
 
-Before timing, the loss of batch 0 is computed both ways (dropout off) and must agree, so the
-two modes compute the same thing.
+**FLOPs** (PaLM's model FLOPs; padding and recomputation are not useful work), per timed
+step over its examples of n_j real tokens, T = Σ n_j::
 
-**FLOPs.** Model FLOPs per real token, following PaLM's MFU (recomputation by checkpointing
-is not useful work and is not counted): a full fine-tune costs 6·N per token (2N forward, 4N
-backward: gradients for the activations *and* the weights). LoRA's base weights are frozen,
-so backward computes only the activations' gradient through them, 2N: **4·N_base + 6·N_lora**
-per token, where N_base counts the weights that take part in a matmul (all but the input
-embedding, which is a lookup) and N_lora the adapter. Attention adds 6·L·h·n² per example of
-n tokens (QKᵀ and AV, causal half, forward + 2× backward). Padding tokens are not counted:
-the figure is MFU on real tokens.
+    FLOPs = 4·N·T + 6·N_lora·T + Σ_j 6·L·h·n_j²
 
-**Peak.** bf16 dense tensor-core peak from a table keyed by the GPU's name (H100 SXM/H200 989,
-H100 NVL 835, H100 PCIe 756, A100 312 TFLOP/s), or ``--peak-tflops``.
+* 4·N·T, not 6·N·T: N (the base weights that take part in a matmul: every parameter but the
+  input embedding, a lookup) is frozen, so backward computes only the activations' gradient
+  through it (2NT) on top of the forward (2NT), and no weight gradient (the other 2NT of a
+  full fine-tune);
+* 6·N_lora·T: the adapters are trained: forward, activation and weight gradients;
+* attention: QKᵀ and AV over the causal half of each example, 2·L·h·n² forward, three times
+  that with backward. N and N_lora are counted from the model as built and checked against
+  :func:`lora_model.model_counts`.
 
-Goal (issue 10): MFU ≥ 35% with the fixes, on a GPU. On CPU the goal does not apply; the
-benchmark then exits 0 when the CPU comparison ran (and both modes agreed on the loss), so
-that ``make bench`` can run it anywhere. The last line is a one-line summary.
+**Peak**: bf16 dense tensor-core TFLOP/s by GPU name (NVIDIA data sheets, no sparsity), or
+``--peak-tflops``. MFU = FLOPs / step time / peak. Goal: ≥ 35%.
+
+**Memory**: ``torch.cuda.max_memory_allocated()`` over the whole ``train_variant`` call,
+judged against the pre-flight estimate (:func:`gradience.experiment.preflight.estimate`,
+the model's shape read from its ``config.json`` as for a hub model) evaluated at the largest
+batch's tokens, padding included (the estimate's own worst case, batch × ``max_seq_length``, is recorded
+too), less its 1 GiB CUDA reserve, which the allocator does not see. Goal: within ±20%.
+
+On CPU (``--device cpu``, what ``GPU_CHECK_SMOKE=1`` runs) the same path runs on a small
+shape in float32: every key of the JSON is written, the MFU and memory goals do not apply
+(None), and the figures are NOT GPU figures. ``--attn flash_attention_2`` is ``skipped`` where
+flash-attn is not installed or there is no CUDA.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import random
+import importlib.util
 import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
-from lora_model import CPU_SHAPE, MISTRAL_7B, Setup, build, flops_per_step, gsm8k_lengths, sync
+import lora_model
+import synthetic
+from step_io import StepOutput, run_step
 
 TARGET_MFU = 0.35
+MEMORY_TOLERANCE = 0.20
+GPU_LAYERS = 16
+FLAGSHIP_CONFIG = Path(__file__).parents[1] / "experiments" / "mechanism_test_config.yaml"
+FLOP_FORMULA = (
+    "4*N*T + 6*N_lora*T + sum_j 6*L*h*n_j^2 per step (frozen base: forward 2NT + activation "
+    "gradient 2NT, no weight gradient; LoRA: 6 N_lora T; causal attention fwd+bwd); real "
+    "tokens only"
+)
 #: bf16 dense TFLOP/s by GPU name, most specific first (NVIDIA data sheets, no sparsity).
 PEAK_TFLOPS = (
     ("H200", 989.0),
@@ -61,262 +85,259 @@ PEAK_TFLOPS = (
 )
 
 
-def make_examples(lengths: list[int], vocab: int, seed: int = 0) -> list[dict[str, list[int]]]:
-    rng = random.Random(seed)
-    examples = []
-    for n in lengths:
-        ids = [rng.randrange(3, vocab) for _ in range(n)]
-        examples.append({"input_ids": ids, "labels": list(ids)})
-    return examples
-
-
-def padded(examples: list[dict[str, list[int]]]) -> dict:
-    """As gradience's CompletionCollator: right-padded, labels -100 on padding."""
-    import torch
-
-    width = max(len(e["input_ids"]) for e in examples)
-    ids, mask, labels = [], [], []
-    for e in examples:
-        pad = width - len(e["input_ids"])
-        ids.append(e["input_ids"] + [0] * pad)
-        mask.append([1] * len(e["input_ids"]) + [0] * pad)
-        labels.append(e["labels"] + [-100] * pad)
-    return {
-        "input_ids": torch.tensor(ids),
-        "attention_mask": torch.tensor(mask),
-        "labels": torch.tensor(labels),
-    }
-
-
-def flattened(examples: list[dict[str, list[int]]], flash: bool) -> dict:
-    from transformers import DataCollatorWithFlattening
-
-    collator = DataCollatorWithFlattening(return_flash_attn_kwargs=flash)
-    return dict(collator(examples, return_tensors="pt"))
-
-
-def set_checkpointing(setup: Setup, enabled: bool) -> None:
-    """Non-reentrant checkpointing of every decoder layer, as gradience's Trainer arguments ask."""
-    base = setup.model.get_base_model()
-    # transformers 5 renamed gradient_checkpointing_* to activation_checkpointing_*
-    prefix = "activation" if hasattr(base, "activation_checkpointing_enable") else "gradient"
-    if enabled:
-        getattr(base, f"{prefix}_checkpointing_enable")(
-            **{f"{prefix}_checkpointing_kwargs": {"use_reentrant": False}}
-        )
-        base.enable_input_require_grads()
-    else:
-        getattr(base, f"{prefix}_checkpointing_disable")()
-
-
-def forward_loss(setup: Setup, batch: dict):
-    import torch
-
-    moved = {k: v.to(setup.device) if hasattr(v, "to") else v for k, v in batch.items()}
-    with torch.autocast(setup.device.type, dtype=setup.dtype, enabled=setup.dtype != torch.float32):
-        return setup.model(**moved).loss
-
-
-def train_steps(setup: Setup, batches: list[dict]) -> float:
-    """Seconds per optimizer step over ``batches`` (forward, backward, clip, AdamW)."""
-    import torch
-
-    if not batches:
-        return 0.0
-    setup.model.train()
-    sync(setup)
-    started = time.perf_counter()
-    for batch in batches:
-        setup.optimizer.zero_grad(set_to_none=True)
-        forward_loss(setup, batch).backward()
-        torch.nn.utils.clip_grad_norm_(
-            [p for p in setup.model.parameters() if p.requires_grad], 1.0
-        )
-        setup.optimizer.step()
-    sync(setup)
-    return (time.perf_counter() - started) / len(batches)
-
-
-def step_flops(setup: Setup, lengths: list[int]) -> float:
-    return flops_per_step(setup.n_matmul, setup.n_lora, setup.layers, setup.hidden, lengths)
-
-
 def peak_tflops(device_name: str, override: float | None) -> float | None:
     if override is not None:
         return override
     return next((peak for key, peak in PEAK_TFLOPS if key in device_name), None)
 
 
-def default_attention(device) -> str:
-    import importlib.util
+def check_config(folder: Path, args: argparse.Namespace, gpu: bool) -> Any:
+    """The flagship config with the random model, this check's step count and device."""
+    from gradience.config import ExperimentConfig, load_config
 
-    if device.type == "cuda" and importlib.util.find_spec("flash_attn") is not None:
-        return "flash_attention_2"
-    return "sdpa"
+    data = load_config(args.config).model_dump()
+    rank = args.rank or (data["lora"]["probe_r"] if gpu else 16)
+    data["model"].update(name=str(folder), attn_implementation=args.attn)
+    data["train"].update(
+        seeds=[0],
+        max_steps=args.warmup + args.steps,
+        warmup_steps=0,
+        save_steps=None,
+        eval_steps=None,
+        report_to=["none"],
+    )
+    if args.batch_size:
+        data["train"]["per_device_train_batch_size"] = args.batch_size
+    data["lora"]["probe_r"] = rank
+    data["compression"]["allowed_ranks"] = [r for r in (1, 2, 4, 8, 16, 32, 64) if r <= rank]
+    data["env"].update(
+        device="cuda" if gpu else "cpu",
+        torch_dtype=data["env"]["torch_dtype"] if gpu else "float32",
+        num_threads=None if gpu else args.threads,
+    )
+    return ExperimentConfig.model_validate(data)
 
 
-def measure(args: argparse.Namespace) -> dict:
-    """Both modes on the same batches; returns every number the summary and the JSON need."""
+class BatchLog:
+    """Wraps the Trainer's collator: per call, the examples' lengths and the batch's tokens
+    (padding included). Call i is the batch of optimizer step i + 1 (one micro-batch a step)."""
+
+    def __init__(self, collator: Any):
+        self.collator = collator
+        self.lengths: list[list[int]] = []
+        self.input_tokens: list[int] = []
+
+    def __call__(self, features: Any) -> Any:
+        batch = self.collator(features)
+        self.lengths.append([len(f["input_ids"]) for f in features])
+        self.input_tokens.append(int(batch["input_ids"].numel()))
+        return batch
+
+
+def step_clock(warmup: int, cuda: bool) -> Any:
+    """A TrainerCallback timing the steps after ``warmup`` (GPU synchronised at both ends)."""
+    import torch
+    from transformers import TrainerCallback
+
+    class StepClock(TrainerCallback):
+        def __init__(self) -> None:
+            self.marks: dict[int, float] = {}
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            if state.global_step in (warmup, state.max_steps):
+                if cuda:
+                    torch.cuda.synchronize()
+                self.marks[state.global_step] = time.perf_counter()
+
+    return StepClock()
+
+
+def memory_estimate_gib(cfg: Any, tokens: int) -> tuple[float, float]:
+    """The pre-flight estimate (without the CUDA reserve) at ``tokens`` in one row, and at the
+    config's own batch × max_seq_length, in GiB."""
+    from gradience.config import ExperimentConfig
+    from gradience.experiment.preflight import estimate, model_shape
+
+    shape = model_shape(cfg)
+    worst, _ = estimate(cfg, shape)
+    data = cfg.model_dump()
+    data["train"]["per_device_train_batch_size"] = 1
+    data["task"]["max_seq_length"] = tokens
+    at_tokens, _ = estimate(ExperimentConfig.model_validate(data), shape)
+    return (at_tokens.total - at_tokens.reserve) / 2**30, (worst.total - worst.reserve) / 2**30
+
+
+def measure(args: argparse.Namespace, out: StepOutput) -> tuple[str, str | None]:
     import torch
 
-    cuda = torch.cuda.is_available() and args.device != "cpu"
-    device = torch.device("cuda" if cuda else "cpu")
-    dtype = torch.bfloat16 if cuda else torch.float32
-    shape = MISTRAL_7B if cuda and not args.small else CPU_SHAPE
-    if args.layers:
-        shape = {**shape, "num_hidden_layers": args.layers}
-    rank = args.rank or (64 if shape is MISTRAL_7B or cuda else 16)
-    attn = args.attn or default_attention(device)
-    setup = build(shape, rank, device, dtype, attn)
-    total_steps = args.warmup + args.steps * args.repeats
-    lengths = gsm8k_lengths(total_steps * args.batch_size, args.max_len)
-    examples = make_examples(lengths, setup.vocab)
-    chunks = [examples[i * args.batch_size : (i + 1) * args.batch_size] for i in range(total_steps)]
-    flash = attn == "flash_attention_2"
-    as_written = [padded(chunk) for chunk in chunks]
-    fixed = [flattened(chunk, flash) for chunk in chunks]
+    from gradience.train.run import train_variant
 
-    setup.model.eval()  # dropout off: the two forms of batch 0 must give the same loss
-    with torch.no_grad():
-        loss_padded = float(forward_loss(setup, as_written[0]))
-        loss_flat = float(forward_loss(setup, fixed[0]))
-    modes = {"as_written": (as_written, True), "with_fixes": (fixed, False)}
-    times: dict[str, list[float]] = {name: [] for name in modes}
-    for batches, checkpointing in modes.values():  # warm-up: kernels, allocator
-        set_checkpointing(setup, checkpointing)
-        train_steps(setup, batches[: args.warmup])
-    for r in range(args.repeats):
-        for name, (batches, checkpointing) in modes.items():
-            set_checkpointing(setup, checkpointing)
-            block = batches[args.warmup + r * args.steps : args.warmup + (r + 1) * args.steps]
-            times[name].append(train_steps(setup, block))
-    step_lengths = lengths[args.warmup * args.batch_size :]
-    real_per_step = sum(step_lengths) / (args.steps * args.repeats)
-    padded_per_step = statistics.mean(b["input_ids"].numel() for b in as_written[args.warmup :])
-    flops_per_step = step_flops(setup, step_lengths) / (args.steps * args.repeats)
-    name = torch.cuda.get_device_name() if cuda else "CPU"
-    peak = peak_tflops(name, args.peak_tflops)
-    result = {
-        "device": name,
-        "dtype": str(dtype).removeprefix("torch."),
-        "shape": shape,
-        "lora_rank": rank,
-        "attention": attn,
-        "batch_size": args.batch_size,
-        "real_tokens_per_step": real_per_step,
-        "padding_fraction": 1 - real_per_step / padded_per_step,
-        "n_matmul_params": setup.n_matmul,
-        "n_lora_params": setup.n_lora,
-        "model_tflop_per_step": flops_per_step / 1e12,
-        "peak_tflops": peak,
-        "loss_padded": loss_padded,
-        "loss_flattened": loss_flat,
-    }
-    for mode, values in times.items():
-        step = statistics.median(values)
-        result[mode] = {
-            "step_s": step,
-            "step_s_runs": values,
-            "tokens_per_s": real_per_step / step,
-            "achieved_tflops": flops_per_step / step / 1e12,
-            "mfu": flops_per_step / step / (peak * 1e12) if peak else None,
-        }
-    result["speedup"] = result["as_written"]["step_s"] / result["with_fixes"]["step_s"]
-    return result
+    gpu = args.device != "cpu" and torch.cuda.is_available()
+    if args.attn == "flash_attention_2" and not gpu:
+        return "skipped", "flash_attention_2 needs CUDA (none here)"
+    shape = dict(lora_model.MISTRAL_7B if gpu else lora_model.CPU_SHAPE)
+    shape["num_hidden_layers"] = args.layers or (GPU_LAYERS if gpu else 2)
+    tokenizer, words = synthetic.synthetic_tokenizer(shape["vocab_size"])
+    shape["vocab_size"] = len(tokenizer)
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = synthetic.model_folder(Path(tmp) / "model", shape, tokenizer)
+        cfg = check_config(folder, args, gpu)
+        if cfg.train.gradient_accumulation_steps != 1:
+            raise ValueError(
+                "the step clock counts one batch a step: gradient_accumulation_steps 1"
+            )
+        steps = cfg.train.max_steps
+        batch = cfg.train.per_device_train_batch_size
+        task = synthetic.gsm8k_like_task(words, steps * batch, cfg.task.max_seq_length)
+        clock, log, counted = step_clock(args.warmup, gpu), [], {}
 
+        def hook(trainer: Any) -> None:
+            log.append(BatchLog(trainer.data_collator))
+            trainer.data_collator = log[0]
+            trainer.add_callback(clock)
+            params = list(trainer.model.parameters())
+            embedding = trainer.model.get_input_embeddings().weight.numel()
+            counted["n_lora"] = sum(p.numel() for p in params if p.requires_grad)
+            counted["n_matmul"] = sum(p.numel() for p in params if not p.requires_grad) - embedding
 
-def loss_agrees(result: dict) -> bool:
-    """fp32: the two forms agree to 1e-4; bf16 autocast: to 2% (rounding of long reductions)."""
-    tolerance = 1e-4 if result["dtype"] == "float32" else 0.02
-    a, b = result["loss_padded"], result["loss_flattened"]
-    return abs(a - b) <= tolerance * max(1.0, abs(a))
-
-
-def summary(result: dict) -> tuple[str, int]:
-    """The last line and the exit code."""
-    fixes, written = result["with_fixes"], result["as_written"]
-    same = loss_agrees(result)
-    compare = (
-        f"with the fixes {fixes['tokens_per_s']:,.0f} tok/s vs as written "
-        f"{written['tokens_per_s']:,.0f} tok/s ({result['speedup']:.2f}x faster, "
-        f"{100 * result['padding_fraction']:.0f}% padding removed)"
-    )
-    if not same:
-        return (
-            f"mfu: FAIL: padded and flattened losses differ ({result['loss_padded']:.6f} vs {result['loss_flattened']:.6f}); {compare}",
-            1,
-        )
-    if result["device"] == "CPU":
-        return (
-            f"mfu (CPU, small shape, NOT a GPU figure): {compare}; the MFU goal (>= "
-            f"{TARGET_MFU:.0%} on a GPU) does not apply on CPU: comparison ran, PASS",
+        out.update(device=torch.cuda.get_device_name() if gpu else "CPU", shape=shape)
+        if gpu:
+            torch.cuda.reset_peak_memory_stats()
+        started = time.perf_counter()
+        result = train_variant(
+            cfg,
+            None,
             0,
+            Path(tmp) / "job",
+            task_data=task,
+            model_loader=synthetic.random_loader(folder, tokenizer),
+            progress=lambda _: None,  # as the mechanism test's jobs: no tqdm bar, no printer
+            trainer_hook=hook,
         )
-    if fixes["mfu"] is None:
-        return (
-            f"mfu: {compare}; unknown peak for {result['device']}: pass --peak-tflops to "
-            "judge the MFU goal FAIL",
-            1,
+        train_wall = time.perf_counter() - started
+        peak_gib = torch.cuda.max_memory_allocated() / 2**30 if gpu else None
+        batches = log[0]
+        if len(batches.lengths) < steps or set(clock.marks) != {args.warmup, steps}:
+            raise RuntimeError(
+                f"expected {steps} batches and both clock marks, got {len(batches.lengths)} "
+                f"batches and marks at steps {sorted(clock.marks)}"
+            )
+        n_matmul, n_lora = lora_model.model_counts(shape, cfg.lora.probe_r)
+        if (n_matmul, n_lora) != (counted["n_matmul"], counted["n_lora"]):
+            raise RuntimeError(
+                f"parameter counts of the built model {counted} differ from the shape's "
+                f"({n_matmul}, {n_lora}): the FLOP count would be wrong"
+            )
+        timed = range(args.warmup, steps)
+        lengths = [n for i in timed for n in batches.lengths[i]]
+        flops = lora_model.flops_per_step(
+            n_matmul, n_lora, shape["num_hidden_layers"], shape["hidden_size"], lengths
         )
-    verdict = "PASS" if fixes["mfu"] >= TARGET_MFU else "FAIL"
-    return (
-        f"mfu ({result['device']}, bf16): with the fixes MFU {fixes['mfu']:.1%} vs as written "
-        f"{written['mfu']:.1%}; {compare}; goal MFU >= {TARGET_MFU:.0%} (real tokens) {verdict}",
-        0 if verdict == "PASS" else 1,
+        step_s = (clock.marks[steps] - clock.marks[args.warmup]) / len(timed)
+        peak = peak_tflops(out.data["device"], args.peak_tflops) if gpu else None
+        largest = max(batches.input_tokens)
+        estimate_gib, worst_gib = memory_estimate_gib(cfg, largest)
+        out.update(
+            dtype=str(cfg.env.torch_dtype),
+            attention=cfg.model.attn_implementation,
+            layers=shape["num_hidden_layers"],
+            lora_rank=cfg.lora.probe_r,
+            optim=cfg.train.optim,
+            batch_size=batch,
+            warmup_steps=args.warmup,
+            timed_steps=len(timed),
+            padding_free=result.padding_free,
+            real_tokens_per_step=sum(lengths) / len(timed),
+            input_tokens_per_step=statistics.mean(batches.input_tokens[i] for i in timed),
+            flop_formula=FLOP_FORMULA,
+            n_matmul_params=n_matmul,
+            n_lora_params=n_lora,
+            model_tflop_per_step=flops / len(timed) / 1e12,
+            step_s=step_s,
+            tokens_per_s=sum(lengths) / len(timed) / step_s,
+            achieved_tflops=flops / len(timed) / step_s / 1e12,
+            peak_tflops=peak,
+            mfu=flops / len(timed) / step_s / (peak * 1e12) if peak else None,
+            mfu_goal=TARGET_MFU,
+            peak_memory_gib=peak_gib,
+            estimate_gib=estimate_gib,
+            estimate_tokens=largest,
+            estimate_worst_case_gib=worst_gib,
+            estimate_ratio=peak_gib / estimate_gib if peak_gib is not None else None,
+            memory_tolerance=MEMORY_TOLERANCE,
+            train_wall_s=train_wall,
+            loss_first=result.loss_first,
+            loss_last=result.loss_last,
+        )
+    return judge(out.data, gpu)
+
+
+def judge(r: dict, gpu: bool) -> tuple[str, str | None]:
+    """(status, reason); the summary line goes into ``r``."""
+    what = (
+        f"train_variant, {r['layers']} layers x hidden {r['shape']['hidden_size']}, r="
+        f"{r['lora_rank']}, {r['attention']}, batch {r['batch_size']} "
+        f"({r['real_tokens_per_step']:.0f} real tokens/step): {1000 * r['step_s']:.1f} ms/step, "
+        f"{r['tokens_per_s']:,.0f} tok/s, {r['achieved_tflops']:.2f} model TFLOP/s"
     )
+    if not gpu:
+        r["summary"] = f"mfu (CPU, NOT a GPU figure): {what}; the MFU and memory goals need CUDA"
+        return "ok", None
+    problems = []
+    if r["mfu"] is None:
+        problems.append(f"unknown peak for {r['device']}: pass --peak-tflops")
+    elif r["mfu"] < TARGET_MFU:
+        problems.append(f"MFU {r['mfu']:.1%} < {TARGET_MFU:.0%}")
+    if abs(r["estimate_ratio"] - 1) > MEMORY_TOLERANCE:
+        problems.append(
+            f"peak {r['peak_memory_gib']:.2f} GiB vs pre-flight estimate "
+            f"{r['estimate_gib']:.2f} GiB at {r['estimate_tokens']} tokens "
+            f"({r['estimate_ratio']:.2f}x, outside ±{MEMORY_TOLERANCE:.0%})"
+        )
+    mfu = f"MFU {r['mfu']:.1%}" if r["mfu"] is not None else "MFU unknown"
+    r["summary"] = (
+        f"mfu ({r['device']}): {mfu} (goal >= {TARGET_MFU:.0%}); {what}; peak "
+        f"{r['peak_memory_gib']:.2f} GiB vs estimate {r['estimate_gib']:.2f} GiB "
+        f"({r['estimate_ratio']:.2f}x, goal within ±{MEMORY_TOLERANCE:.0%})"
+    )
+    return ("failed", "; ".join(problems)) if problems else ("ok", None)
 
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--device", choices=["auto", "cpu"], default="auto")
-    parser.add_argument("--small", action="store_true", help="the CPU shape even on a GPU")
-    parser.add_argument("--layers", type=int, help="override the number of layers")
-    parser.add_argument("--rank", type=int, help="LoRA rank (default 64 on GPU, 16 on CPU)")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--max-len", type=int, default=512, help="task.max_seq_length")
-    parser.add_argument("--steps", type=int, help="timed steps per block (default 5 GPU, 2 CPU)")
-    parser.add_argument("--repeats", type=int, default=2, help="alternating blocks per mode")
-    parser.add_argument("--warmup", type=int, default=1)
-    parser.add_argument(
-        "--attn", help="attention implementation (default: flash-attn 2 if installed, else sdpa)"
-    )
-    parser.add_argument(
-        "--peak-tflops", type=float, help="device peak (default: table by GPU name)"
-    )
+    parser.add_argument("--config", type=Path, default=FLAGSHIP_CONFIG)
+    parser.add_argument("--layers", type=int, help=f"layers (default {GPU_LAYERS} GPU, 2 CPU)")
+    parser.add_argument("--rank", type=int, help="LoRA rank (default: the config's on GPU, 16 CPU)")
+    parser.add_argument("--batch-size", type=int, help="default: the config's (8)")
+    parser.add_argument("--attn", default="sdpa", help="model.attn_implementation")
+    parser.add_argument("--warmup", type=int, help="untimed steps first (default 5 GPU, 1 CPU)")
+    parser.add_argument("--steps", type=int, help="timed steps (default 20 GPU, 3 CPU)")
+    parser.add_argument("--peak-tflops", type=float, help="device peak (default: table by name)")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads")
-    parser.add_argument("--json", type=Path, help="also write the numbers here")
+    parser.add_argument("--json", type=Path, help="write the numbers here (always, as it goes)")
     args = parser.parse_args()
+    out = StepOutput(args.json, "mfu" if args.attn != "flash_attention_2" else "mfu_flash")
 
-    import torch
-    import transformers
+    def body(out: StepOutput) -> tuple[str, str | None]:
+        if args.attn == "flash_attention_2" and importlib.util.find_spec("flash_attn") is None:
+            return "skipped", "flash-attn is not installed (the [flash] extra)"
+        if args.attn == "flash_attention_2" and args.device == "cpu":
+            return "skipped", "flash_attention_2 needs CUDA (--device cpu)"
+        import torch
+        import transformers
 
-    torch.set_num_threads(args.threads)
-    transformers.logging.set_verbosity_error()
-    if args.steps is None:
-        args.steps = 5 if torch.cuda.is_available() and args.device != "cpu" else 2
-    result = measure(args)
-    line, code = summary(result)
-    result["summary"] = line
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
+        torch.set_num_threads(args.threads)
+        transformers.logging.set_verbosity_error()
+        gpu = args.device != "cpu" and torch.cuda.is_available()
+        args.warmup = args.warmup or (5 if gpu else 1)
+        args.steps = args.steps or (20 if gpu else 3)
+        return measure(args, out)
+
+    code = run_step(out, body)
     print(
-        f"{result['device']} {result['dtype']}, layers {result['shape']['num_hidden_layers']} x "
-        f"hidden {result['shape']['hidden_size']}, LoRA r={result['lora_rank']} "
-        f"({result['n_lora_params']:,} params), {result['attention']}, batch {args.batch_size}, "
-        f"{result['real_tokens_per_step']:.0f} real tokens/step"
+        out.data.get("summary") or f"{out.data['step']}: {out.data['status']}: {out.data['reason']}"
     )
-    print(
-        f"loss of batch 0: padded {result['loss_padded']:.6f}, flattened {result['loss_flattened']:.6f}"
-    )
-    for mode in ("as_written", "with_fixes"):
-        m = result[mode]
-        runs = ", ".join(f"{1000 * s:.0f}" for s in m["step_s_runs"])
-        mfu = f", MFU {m['mfu']:.1%}" if m["mfu"] is not None else ""
-        print(
-            f"{mode:>10}: {1000 * m['step_s']:8.1f} ms/step (blocks: {runs}), "
-            f"{m['tokens_per_s']:,.0f} tok/s, {m['achieved_tflops']:.3f} model TFLOP/s{mfu}"
-        )
-    print(line)
     return code
 
 

@@ -68,7 +68,8 @@ def device_check(cfg: ExperimentConfig, cuda_available: bool, mps_available: boo
         return Check("ok", "device: cpu (no CUDA; fine for the embedded model)")
     return Check(
         "error",
-        f"no CUDA GPU, and {model} is meant for one (the flagship run takes 6-8 GPU-hours). On a "
+        f"no CUDA GPU, and {model} is meant for one (the flagship's 12 jobs: ~40 min projected "
+        "on one H100, days on a CPU). On a "
         f"CPU run {CPU_CONFIG}, or set env.device: cpu in the config to force this one.",
     )
 
