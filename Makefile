@@ -2,6 +2,7 @@
 #   make demo   installs, then runs the mechanism test on the embedded CPU default (offline)
 #   make test   installs, then runs the whole test suite
 #   make smollm2  the same experiment on a real pretrained model (SmolLM2-135M, CPU, offline)
+#   make tournament  every rank allocator at one parameter budget against random placement (CPU)
 # Users with a GPU: make setup TORCH_SPEC="torch==2.13.0" TORCH_INDEX="--index-url https://download.pytorch.org/whl/cu124"
 
 PYTHON ?= python3
@@ -17,7 +18,7 @@ STAMP := $(VENV)/.gradience-installed
 PIP := $(BIN)/python -m pip install -q --no-compile
 COMPILE := $(BIN)/python -m compileall -q -j 0 $(VENV)/lib >/dev/null || true
 
-.PHONY: setup demo-setup test demo smollm2 lint bench clean
+.PHONY: setup demo-setup test demo smollm2 tournament lint bench clean
 
 # What `make demo` needs: torch, transformers + PEFT, the plots. No Ray, datasets or tests.
 demo-setup: $(DEMO_STAMP)
@@ -56,6 +57,10 @@ demo: demo-setup
 
 smollm2: setup
 	./experiments/run_mechanism_test.sh experiments/configs/smollm2_cpu.yaml
+
+# EVA and AdaLoRA come from PEFT, which the demo's install already has.
+tournament: demo-setup
+	./experiments/run_mechanism_test.sh experiments/configs/tournament_cpu.yaml
 
 lint: setup
 	$(BIN)/ruff check gradience tests benchmarks experiments

@@ -20,7 +20,7 @@ from gradience.config_env import EnvConfig, Section
 from gradience.config_hypothesis import HypothesisConfig
 from gradience.errors import GradienceError
 from gradience.io import describe_validation_error
-from gradience.results import CROSS_SEED_VARIANTS
+from gradience.results import ALLOCATOR_VARIANTS, CROSS_SEED_VARIANTS
 
 __all__ = ["EnvConfig", "ExperimentConfig", "load_config"]
 
@@ -38,6 +38,8 @@ VARIANT_NAMES = (
     "per_layer_truncated",
     "per_layer_truncated_crossseed",
     "probe_truncated_shuffled",
+    "per_layer_crossfit",
+    *ALLOCATOR_VARIANTS,
 )
 
 AlphaPolicy = Literal["constant_scale", "fixed_alpha", "rslora"]
@@ -70,13 +72,20 @@ class ModelConfig(_Section):
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit) to pin.")
     device_map: str | None = Field(
-        None, description="Passed to from_pretrained (e.g. 'auto'); null places the model on env.device."
+        None,
+        description="Passed to from_pretrained (e.g. 'auto'); null places the model on env.device.",
     )
     attn_implementation: str | None = Field(
-        None, description="Attention kernel for from_pretrained ('sdpa', 'eager', 'flash_attention_2')."
+        None,
+        description="Attention kernel for from_pretrained: 'sdpa', 'eager' or 'flash_attention_2' "
+        "(null: transformers' default, sdpa). 'flash_attention_2' needs CUDA, a bf16/fp16 "
+        "model and the flash-attn package (pip install 'gradience[flash]'); padding-free "
+        "batches then carry the varlen kernel's sequence boundaries (cu_seq_lens, max_length), "
+        "computed once per batch by the collator instead of in every layer.",
     )
     trust_remote_code: bool = Field(
-        False, description="Allow the model repository to run its own code. Off unless you trust it."
+        False,
+        description="Allow the model repository to run its own code. Off unless you trust it.",
     )
     allow_pickle: bool = Field(
         False,
@@ -100,12 +109,14 @@ class TaskConfig(_Section):
     dataset: str = Field("openai/gsm8k", description="Hub dataset id for the gsm8k profile.")
     dataset_config: str = Field("main", description="Hub dataset configuration name.")
     revision: str | None = Field(
-        None, description="Hub dataset revision (branch, tag or commit) to pin; part of the resume hash."
+        None,
+        description="Hub dataset revision (branch, tag or commit) to pin; part of the resume hash.",
     )
     train_split: str = Field("train", description="Split used for training.")
     eval_split: str = Field("test", description="Split used for evaluation.")
     train_file: str | None = Field(
-        None, description="Local JSONL with 'question' and 'answer' (ending in '#### N'); replaces the hub train split."
+        None,
+        description="Local JSONL with 'question' and 'answer' (ending in '#### N'); replaces the hub train split.",
     )
     eval_file: str | None = Field(
         None, description="Local JSONL with 'question' and 'answer'; replaces the hub eval split."
@@ -114,16 +125,23 @@ class TaskConfig(_Section):
         "Question: {question}\nAnswer:", description="Prompt; must contain '{question}'."
     )
     max_seq_length: int = Field(
-        512, gt=8, description="Longest prompt+completion in tokens; longer examples are dropped and reported, never cut."
+        512,
+        gt=8,
+        description="Longest prompt+completion in tokens; longer examples are dropped and reported, never cut.",
     )
     train_samples: int | None = Field(
-        None, gt=0, description="Use only the first N training examples (after a seeded shuffle); null = all."
+        None,
+        gt=0,
+        description="Use only the first N training examples (after a seeded shuffle); null = all.",
     )
     eval_samples: int | None = Field(
-        500, gt=0, description="Fixed eval subset size, identical for every variant and seed; null = whole split."
+        500,
+        gt=0,
+        description="Fixed eval subset size, identical for every variant and seed; null = whole split.",
     )
     data_seed: int = Field(
-        1234, description="Seed that picks the eval subset and generates offline data (not the training seed)."
+        1234,
+        description="Seed that picks the eval subset and generates offline data (not the training seed).",
     )
     generated_train_size: int = Field(
         2000, gt=0, description="Offline profiles: number of training problems to generate."
@@ -142,10 +160,11 @@ class TaskConfig(_Section):
     eval_backend: Literal["hf", "vllm"] = Field(
         "hf",
         description="Generation engine for evaluation: 'hf' (transformers, the trained PeftModel "
-        "unmerged) or 'vllm' (CUDA; needs the [vllm] extra): the adapter is merged into a "
-        "float32 copy of the base weights, saved, and served by vLLM with the same prompts, "
-        "greedy decoding, max_new_tokens and stop rule. vLLM never gets the adapter unmerged "
-        "(it ignores per-module ranks and alphas).",
+        "unmerged) or 'vllm' (CUDA, bf16/fp16; needs the [vllm] extra): the adapter is exported "
+        "as vLLM serves it exactly (each module's scaling folded into lora_B, zero-padded to one "
+        "rank, lora_alpha = r; vLLM ignores per-module ranks and alphas) and served as a LoRA on "
+        "the unmerged base by one engine per worker, with the same prompts, greedy decoding, "
+        "max_new_tokens and stop rule.",
     )
     eval_base_model: bool = Field(
         True,
@@ -160,7 +179,9 @@ class TaskConfig(_Section):
     @field_validator("eval_batch_size", mode="before")
     @classmethod
     def _batch_size(cls, value: Any) -> Any:
-        if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        if value == "auto" or (
+            isinstance(value, int) and not isinstance(value, bool) and value > 0
+        ):
             return value
         raise ValueError("must be a positive integer or 'auto'")
 
@@ -174,23 +195,41 @@ class TaskConfig(_Section):
 
 class TrainConfig(_Section):
     seeds: list[int] = Field(
-        default_factory=lambda: [42, 43, 44], min_length=1, description="One full run per seed (paired design)."
+        default_factory=lambda: [42, 43, 44],
+        min_length=1,
+        description="One full run per seed (paired design).",
     )
-    max_steps: int = Field(1200, gt=0, description="Optimizer steps per variant (identical budget).")
+    max_steps: int = Field(
+        1200, gt=0, description="Optimizer steps per variant (identical budget)."
+    )
     learning_rate: float = Field(3e-4, gt=0, description="Peak learning rate.")
     per_device_train_batch_size: int = Field(8, gt=0, description="Examples per device per step.")
-    gradient_accumulation_steps: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
+    gradient_accumulation_steps: int = Field(
+        1, gt=0, description="Micro-batches per optimizer step."
+    )
     warmup_steps: int = Field(120, ge=0, description="Linear warm-up steps.")
     lr_scheduler_type: str = Field("cosine", description="transformers scheduler name.")
     weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradient clipping norm.")
-    optim: str = Field("adamw_torch", description="transformers optimizer name.")
+    optim: str = Field(
+        "adamw_torch",
+        description="transformers optimizer name. 'adamw_torch' runs as PyTorch's fused AdamW "
+        "('adamw_torch_fused': the same update in one kernel) on CUDA and as written elsewhere; "
+        "any other name is used as given.",
+    )
     logging_steps: int = Field(10, gt=0, description="Log the training loss every N steps.")
     eval_steps: int | None = Field(
         None, gt=0, description="Compute held-out loss every N steps (null: only at the end)."
     )
     save_steps: int | None = Field(
-        200, gt=0, description="Trainer checkpoint every N steps, used to resume a killed job (null: none)."
+        200,
+        gt=0,
+        description="Trainer checkpoint (adapter, optimizer, scheduler, RNG state) every N steps, "
+        "from which a killed job resumes (env.resume_from_checkpoint): only the steps since "
+        "that checkpoint, fewer than N, are redone. None is written after the last step (the "
+        "finished adapter replaces the checkpoints). null: no checkpoints, so a job killed "
+        "mid-training restarts its training from step 0; finished jobs are still kept and "
+        "skipped on rerun (the run's job-level resume).",
     )
     gradient_checkpointing: bool = Field(False, description="Trade compute for memory.")
     padding_free: bool | None = Field(
@@ -201,7 +240,8 @@ class TrainConfig(_Section):
         "true: insist; false: always pad.",
     )
     report_to: list[str] = Field(
-        default_factory=lambda: ["none"], description="Trainer loggers: none, tensorboard, wandb, mlflow."
+        default_factory=lambda: ["none"],
+        description="Trainer loggers: none, tensorboard, wandb, mlflow.",
     )
     dataloader_num_workers: int = Field(0, ge=0, description="DataLoader worker processes.")
 
@@ -220,7 +260,9 @@ DEFAULT_PROBE_SCALE = 0.5
 
 
 class LoraSection(_Section):
-    probe_r: int = Field(64, gt=0, description="Uniform rank of the probe adapter that gets audited.")
+    probe_r: int = Field(
+        64, gt=0, description="Uniform rank of the probe adapter that gets audited."
+    )
     lora_alpha: float | None = Field(
         None,
         gt=0,
@@ -235,7 +277,15 @@ class LoraSection(_Section):
     )
     lora_dropout: float = Field(0.1, ge=0, lt=1, description="Dropout on the LoRA input.")
     target_modules: list[str] = Field(
-        default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"],
+        default_factory=lambda: [
+            "q_proj",
+            "k_proj",
+            "v_proj",
+            "o_proj",
+            "gate_proj",
+            "up_proj",
+            "down_proj",
+        ],
         min_length=1,
         description="Module-name suffixes to adapt.",
     )
@@ -265,13 +315,17 @@ class LoraSection(_Section):
 
 
 class CompressionConfig(_Section):
-    policy: str = Field("energy@0.90", description="Rank policy that turns the probe's audit into per-module ranks.")
+    policy: str = Field(
+        "energy@0.90", description="Rank policy that turns the probe's audit into per-module ranks."
+    )
     allowed_ranks: list[int] = Field(
         default_factory=lambda: [1, 2, 4, 8, 16, 32, 64],
         min_length=1,
         description="Ranks a module may get; a policy's value is rounded UP to the next allowed rank.",
     )
-    margin: float = Field(1.0, gt=0, description="Multiply each policy rank by this before rounding up.")
+    margin: float = Field(
+        1.0, gt=0, description="Multiply each policy rank by this before rounding up."
+    )
     variants: list[str] = Field(
         default_factory=lambda: [
             "probe",
@@ -283,6 +337,13 @@ class CompressionConfig(_Section):
         description="Variants to train, in order. 'probe' always runs first (the audit needs it). "
         "The placement decision needs 'per_layer_shuffled_within_type' (parameter-matched); "
         "'per_layer_shuffled' is the seed's rule, reported with its parameter ratio.",
+    )
+    budget: Literal["per_layer"] | float = Field(
+        "per_layer",
+        description="The parameter budget of the allocation tournament's alloc_* variants and "
+        "of its within-type shuffles: 'per_layer' (the parameters of the audit's per_layer "
+        "ranks, which the shuffles then move exactly) or a fraction in (0, 1] of the probe's "
+        "(the shuffles then move alloc_energy's ranks at that budget).",
     )
     shuffle_k: int = Field(
         19,
@@ -311,6 +372,13 @@ class CompressionConfig(_Section):
         if any(r <= 0 for r in value):
             raise ValueError("ranks must be positive integers")
         return sorted(set(value))
+
+    @field_validator("budget")
+    @classmethod
+    def _budget(cls, value: str | float) -> str | float:
+        if isinstance(value, float) and not 0 < value <= 1:
+            raise ValueError("a budget fraction must be in (0, 1] of the probe's parameters")
+        return value
 
     @field_validator("variants")
     @classmethod
@@ -379,8 +447,8 @@ def cross_seed_problem(cfg: ExperimentConfig) -> str | None:
     listed = [v for v in cfg.compression.variants if v in CROSS_SEED_VARIANTS]
     if listed and len(cfg.train.seeds) < 2:
         return (
-            f"compression.variants lists {listed}, which cut each seed's probe to the ranks "
-            "another seed's audit chose (the next seed of train.seeds): they need at least 2 "
+            f"compression.variants lists {listed}, whose ranks come from another seed's "
+            "audit (the next seed of train.seeds): they need at least 2 "
             f"seeds, the run has {list(cfg.train.seeds)}"
         )
     return None

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from gradience.commands import suggest_budget
 from gradience.errors import GradienceError
 
 _DEFAULT_POLICIES = "energy@0.90,energy@0.95,erank,stable_rank,knee,oht"
@@ -87,7 +88,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         "suggest",
         help="turn an audit JSON into a per-module rank pattern (every audited module named)",
         description="Apply one rank policy to every module of an audit: policy rank × margin, "
-        "rounded up to the allowed ranks, capped at the module's r.",
+        "rounded up to the allowed ranks, capped at the module's r. With --budget, place rank "
+        "at an exact parameter budget instead, and give it in PEFT's rank_pattern and "
+        "axolotl's lora_rank_pattern form (the output's peft and axolotl keys).",
     )
     suggest.add_argument(
         "audit_json", metavar="AUDIT_JSON", help="output of gradience audit --output"
@@ -101,8 +104,16 @@ def register(commands: argparse._SubParsersAction) -> None:
     suggest.add_argument(
         "--margin",
         type=float,
-        default=1.0,
-        help="multiply each policy rank by this before rounding up",
+        default=None,
+        help="multiply each policy rank by this before rounding up (default 1)",
+    )
+    suggest.add_argument("--budget", metavar="SPEC", help=suggest_budget.BUDGET_HELP)
+    suggest.add_argument("--allocator", metavar="NAME", help=suggest_budget.ALLOCATOR_HELP)
+    suggest.add_argument(
+        "--allow-zero",
+        action="store_true",
+        help="with --budget: let the allocator leave a module out (rank 0, not targeted) where "
+        "its preference is 0 (a zero update, or no component above global_energy's threshold)",
     )
     suggest.add_argument(
         "--output", metavar="FILE", help="write the rank pattern JSON here (default: print it)"
@@ -159,17 +170,20 @@ def run_suggest(args: argparse.Namespace) -> int:
     from gradience.results import AuditResult
 
     _checked_policy(args.policy, "--policy")
-    if not args.margin > 0:
+    if args.margin is not None and not args.margin > 0:
         raise GradienceError(f"must be positive, got {args.margin}", field="--margin")
+    for flag, given in (("--allocator", args.allocator), ("--allow-zero", args.allow_zero)):
+        if given and args.budget is None:
+            raise GradienceError("only applies with --budget", field=flag)
+    allowed_ranks = _int_list(args.allowed_ranks, "--allowed-ranks") if args.allowed_ranks else None
     audit = read_model(args.audit_json, AuditResult)
     if not audit.modules:
         raise GradienceError("the audit has no modules", path=args.audit_json, field="modules")
-    allowed = (
-        _int_list(args.allowed_ranks, "--allowed-ranks")
-        if args.allowed_ranks
-        else default_allowed_ranks(audit)
-    )
-    pattern = suggest_ranks(audit, args.policy, allowed, args.margin)
+    if args.budget is not None:
+        return suggest_budget.run_budget(args, audit, allowed_ranks)
+    allowed = allowed_ranks or default_allowed_ranks(audit)
+    margin = 1.0 if args.margin is None else args.margin
+    pattern = suggest_ranks(audit, args.policy, allowed, margin)
     if args.output:
         write_model(args.output, pattern)
         print(render_pattern(pattern, audit.summary.total_params))

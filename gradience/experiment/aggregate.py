@@ -68,7 +68,9 @@ def seed_states(ctx: plan.RunContext, seed: int) -> tuple[dict[str, VariantState
         if variant in plan.CROSS_SEED:
             states[variant] = crossseed_state(ctx, seed, variant)
             continue
-        path = plan.ranks_file(ctx.run_dir, seed, variant)
+        # a model-allocated variant's job inputs: per_layer's ranks (they set the budget)
+        source = "per_layer" if variant in plan.MODEL_ALLOCATED else variant
+        path = plan.ranks_file(ctx.run_dir, seed, source)
         if not path.is_file():
             states[variant] = VariantState("pending", f"no rank pattern yet ({path.name})")
             continue

@@ -116,8 +116,10 @@ def variant_job(
     if not audit.ok or audit.ranks is None:
         return skipped(sink, job, f"not run: {audit.job} {audit.status}")
     if variant not in plan.CROSS_SEED:
+        # a model-allocated variant's job fits its own ranks to per_layer's budget
+        own = "per_layer" if variant in plan.MODEL_ALLOCATED else variant
         return train_eval_job(
-            ctx, seed, variant, audit.ranks[variant], task_data, sink, audit.eval_batch_size
+            ctx, seed, variant, audit.ranks[own], task_data, sink, audit.eval_batch_size
         )
     source_seed = plan.rank_source_seed(ctx.cfg, seed, variant)
     source_job = plan.job_id(source_seed, plan.AUDIT)
@@ -167,8 +169,9 @@ def train_eval_job(
     inputs = variant_inputs_hash(ctx, seed, variant, ranks, rank_source)
     previous = read_record(folder)
     own_ranks = plan.ranks_file(ctx.run_dir, seed, variant)
+    writes_ranks = rank_source is not None or variant in plan.MODEL_ALLOCATED
     if train_eval_finished(previous, inputs, folder, gated_probe(ctx, variant)) and (
-        rank_source is None or own_ranks.is_file()
+        not writes_ranks or own_ranks.is_file()
     ):
         outcome = reused_train_eval(job, folder, previous)
         emit(sink, job, "finished", status="reused", exact_match=outcome.exact_match)
@@ -192,6 +195,10 @@ def train_eval_job(
     try:
         if rank_source is not None and ranks is not None:
             ranks = write_crossseed_ranks(ctx, seed, variant, rank_source, ranks)
+        elif variant in plan.MODEL_ALLOCATED and ranks is not None:
+            from gradience.experiment.allocated import write_allocated_ranks
+
+            ranks = write_allocated_ranks(ctx, seed, variant, ranks, task_data, same_inputs)
         if not training_finished(clock.record, folder):
             if variant in plan.TRUNCATED and ranks is not None:
                 model = truncate_probe(ctx, seed, variant, ranks, folder)
@@ -227,7 +234,7 @@ def train_eval_job(
         exact_match=result.exact_match,
         output_digest=record.output_digest,
         gate_score=gate_score(folder),
-        eval_batch_size=result.eval_batch_size,
+        eval_batch_size=result.eval_batch_size_final or result.eval_batch_size,
     )
 
 
@@ -352,7 +359,7 @@ def reused_train_eval(job: str, folder: Path, record: JobRecord) -> JobOutcome:
         exact_match=result.exact_match,
         output_digest=record.output_digest,
         gate_score=gate_score(folder),
-        eval_batch_size=result.eval_batch_size,
+        eval_batch_size=result.eval_batch_size_final or result.eval_batch_size,
     )
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 
 from gradience.config import ExperimentConfig, cross_seed_problem, hash_data
 from gradience.errors import GradienceError
-from gradience.results import CROSS_SEED_VARIANTS, TRUNCATED_VARIANTS
+from gradience.results import CROSS_SEED_VARIANTS, MODEL_ALLOCATED_VARIANTS, TRUNCATED_VARIANTS
 from gradience.train.identity import training_identity_hash
 
 PROBE = "probe"
@@ -45,6 +45,11 @@ TRUNCATED = TRUNCATED_VARIANTS
 #: spectrum (energy@τ keeps >= τ of every module's energy by construction), so any shuffle of
 #: them keeps less and loses: it measures what compression costs, never placement.
 CROSS_SEED = CROSS_SEED_VARIANTS
+#: Allocators that need the base model and the training data (EVA, AdaLoRA): their own job
+#: allocates, fits the ranks to the budget and writes ``ranks/<variant>.json``.
+MODEL_ALLOCATED = MODEL_ALLOCATED_VARIANTS
+#: Variants whose own job writes their rank file (not the audit job).
+OWN_RANKS = CROSS_SEED + MODEL_ALLOCATED
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
 
 
@@ -82,8 +87,9 @@ def check_cross_seed(cfg: ExperimentConfig) -> None:
 
 def audit_variants(cfg: ExperimentConfig) -> list[str]:
     """The rank patterns a seed's audit writes and hands on: its own trained variants (probe
-    first), and per_layer always (the other seeds' cross-seed variants are cut to it)."""
-    names = [v for v in trained_variants(cfg) if v not in CROSS_SEED]
+    first), and per_layer always (the other seeds' cross-seed variants are cut to it; the
+    model-allocated variants are fitted to its budget)."""
+    names = [v for v in trained_variants(cfg) if v not in OWN_RANKS]
     return names if "per_layer" in names else [*names, "per_layer"]
 
 

@@ -12,6 +12,7 @@ from collections.abc import Callable, Mapping
 
 from gradience.config import ExperimentConfig
 from gradience.errors import GradienceError
+from gradience.experiment import allocation
 from gradience.experiment.plan import PROBE, SHUFFLED_K, trained_variants
 from gradience.ranks import controls, lora_params, suggest_ranks
 from gradience.results import AuditResult, RankPattern
@@ -104,14 +105,15 @@ def rank_patterns(audit: AuditResult, cfg: ExperimentConfig, seed: int) -> dict[
         if variant in rules:
             rule, build = rules[variant]
             ranks[variant] = (rule, build(per_layer))
+    shuffle_target = None
     if SHUFFLED_K in cfg.compression.variants:
-        shuffles = controls.shuffled_k(
-            per_layer, module_types(audit), seed, cfg.compression.shuffle_k
-        )
+        source, moved = allocation.shuffle_source(audit, cfg, per_layer)
+        shuffle_target = lora_params(moved, shapes)
+        shuffles = controls.shuffled_k(moved, module_types(audit), seed, cfg.compression.shuffle_k)
         for index, (name, pattern) in enumerate(shuffles.items()):
             seed_text = controls.shuffled_k_seed(seed, index)
             ranks[name] = (
-                f"per_layer shuffled within module type: random.Random({seed_text!r})",
+                f"{source} shuffled within module type: random.Random({seed_text!r})",
                 pattern,
             )
     wanted = set(trained_variants(cfg)) | {PROBE, "per_layer"}
@@ -120,13 +122,20 @@ def rank_patterns(audit: AuditResult, cfg: ExperimentConfig, seed: int) -> dict[
         for name, (rule, pattern) in ranks.items()
         if name in wanted
     }
-    check_parameter_exact(patterns)
+    for name, fitted in allocation.data_free_allocations(audit, cfg, per_layer).items():
+        allocation.check_budget(name, fitted)
+        rule = f"{name.removeprefix(allocation.PREFIX)} allocation at {fitted.budget:,} parameters"
+        patterns[name] = make_pattern(name, rule, fitted.ranks, shapes, cfg, fitted.budget)
+    check_parameter_exact(patterns, shuffle_target)
     return patterns
 
 
-def check_parameter_exact(patterns: Mapping[str, RankPattern]) -> None:
+def check_parameter_exact(
+    patterns: Mapping[str, RankPattern], shuffle_target: int | None = None
+) -> None:
     """Every control that only moves rank trains exactly its reference's parameters (per_layer's;
-    per_layer_truncated_crossseed's for probe_truncated_shuffled), or the run stops.
+    per_layer_truncated_crossseed's for probe_truncated_shuffled; ``shuffle_target`` for the
+    k shuffles when given: the parameters of the pattern they move), or the run stops.
 
     Grouping by (suffix, shape) makes this hold by construction; the check keeps a future
     control, or a model whose shapes the audit misreports, from silently comparing capacities.
@@ -135,12 +144,15 @@ def check_parameter_exact(patterns: Mapping[str, RankPattern]) -> None:
         if not (name in PARAMETER_EXACT or name.startswith(SHUFFLED_K)):
             continue
         reference = EXACT_REFERENCE.get(name, "per_layer")
-        if reference not in patterns:
+        if name.startswith(SHUFFLED_K) and shuffle_target is not None:
+            reference, target = "the pattern it shuffles", shuffle_target
+        elif reference not in patterns:
             raise GradienceError(
                 f"{name} must be checked against {reference}'s parameter count, which is missing",
                 field="compression.variants",
             )
-        target = patterns[reference].trainable_params
+        else:
+            target = patterns[reference].trainable_params
         if pattern.trainable_params != target:
             raise GradienceError(
                 f"{name} trains {pattern.trainable_params:,} LoRA parameters, {reference} "
@@ -165,7 +177,9 @@ def crossseed_patterns(
 
     Neither is read off this probe's spectrum, and both have exactly the same parameter count,
     so the pair asks whether an independent run's audit places rank better than a random
-    placement of the same ranks. Raises GradienceError when the other audit names other modules.
+    placement of the same ranks. The tournament's ``per_layer_crossfit`` trains at
+    ``source_ranks`` (is per_layer's advantage this adapter's own audit, or a pattern that
+    replicates?). Raises GradienceError when the other audit names other modules.
     """
     own = [m.name for m in audit.modules]
     if set(own) != set(source_ranks):
@@ -188,6 +202,11 @@ def crossseed_patterns(
             f"module type: random.Random({seed} + 10000), not retrained",
             controls.shuffled_within_type(ranks, module_types(audit), seed),
         ),
+        "per_layer_crossfit": (
+            f"trained at seed {source_seed}'s per_layer ranks (its probe's audit, not this "
+            "seed's): does the audit's placement replicate across runs?",
+            ranks,
+        ),
     }
     shapes = module_shapes(audit)
     patterns = {
@@ -204,13 +223,18 @@ def make_pattern(
     ranks: Mapping[str, int],
     shapes: Mapping[str, tuple[int, int]],
     cfg: ExperimentConfig,
+    budget: int | None = None,
 ) -> RankPattern:
+    """``budget``: the parameter budget an alloc_* pattern was fitted to (recorded with the ratio)."""
+    params = lora_params(ranks, shapes)
     return RankPattern(
         policy=rule,
         allowed_ranks=cfg.compression.allowed_ranks,
         probe_r=cfg.lora.probe_r,
         ranks=dict(ranks),
-        trainable_params=lora_params(ranks, shapes),
+        trainable_params=params,
+        budget=budget,
+        param_ratio=None if budget is None else params / budget,
         variant=variant,
         rank_histogram=controls.rank_histogram(ranks),
     )

@@ -211,6 +211,8 @@ def write_report(
         figures[
             f"ranks per layer × module type: {', '.join(shown)} (seeds {', '.join(map(str, seeds))})"
         ] = "rank_heatmaps.png"
+    if analysis.tournament is not None:
+        written += _tournament_figures(analysis, results, out, figures)
     audit_seed, audit = _probe_audit(results, run_dir, notes)
     if audit is not None:
         written.append(
@@ -219,6 +221,25 @@ def write_report(
         figures[f"probe (seed {audit_seed}) singular spectra by module type"] = "probe_spectra.png"
     text = render_report(analysis, results, figures, notes, title=title)
     written.insert(0, write_text_atomic(out / REPORT_FILE, text + "\n"))
+    return written
+
+
+def _tournament_figures(
+    analysis: MechanismAnalysis, results: AggregatedResults, out: Path, figures: dict[str, str]
+) -> list[Path]:
+    """tournament.png (shown with the leaderboard) and every allocator's ranks as heatmaps."""
+    from gradience.report.tournament import (
+        ALLOCATION_FIGURE,
+        TOURNAMENT_FIGURE,
+        plot_allocation_heatmaps,
+        plot_tournament,
+    )
+
+    assert analysis.tournament is not None
+    written = [plot_tournament(analysis.tournament, out / TOURNAMENT_FIGURE)]
+    figures["each allocator's difference from random placement (tournament)"] = TOURNAMENT_FIGURE
+    written.append(plot_allocation_heatmaps(results, out / ALLOCATION_FIGURE))
+    figures["ranks per layer × module type, every allocator (one seed)"] = ALLOCATION_FIGURE
     return written
 
 

@@ -27,6 +27,7 @@ from gradience.stats.sequential_verdict import (
     summary_record,
 )
 from gradience.stats.step_size import pooled_dependence, update_norm_dependence
+from gradience.stats.tournament import tournament_section
 from gradience.stats.verdict import (
     PlacementContrasts,
     decide,
@@ -183,6 +184,7 @@ def analyze(
         registered_plan_hash=registered_hash,
         sequential=None if sequential is None else summary_record(sequential),
         looks=[] if sequential is None else looks_record(sequential),
+        tournament=tournament_section(results, metric, hypothesis.alpha),
     )
 
 
