@@ -236,8 +236,8 @@ def _tournament_figures(
     )
 
     assert analysis.tournament is not None
+    # tournament.png is shown with the leaderboard (gradience.report.tournament), not listed
     written = [plot_tournament(analysis.tournament, out / TOURNAMENT_FIGURE)]
-    figures["each allocator's difference from random placement (tournament)"] = TOURNAMENT_FIGURE
     written.append(plot_allocation_heatmaps(results, out / ALLOCATION_FIGURE))
     figures["ranks per layer × module type, every allocator (one seed)"] = ALLOCATION_FIGURE
     return written

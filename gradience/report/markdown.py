@@ -14,8 +14,6 @@ from gradience.stats.item_level import __doc__ as BOOTSTRAP_DOC
 ACCURACY_FIGURE = "accuracy.png"
 #: The decision figure's file name: shown right under the verdict's heading.
 DECISION_FIGURE = "decision.png"
-#: Shown with the tournament's leaderboard (gradience.report.tournament draws it).
-TOURNAMENT_FIGURE = "tournament.png"
 
 
 def _num(x: float | None, fmt: str = ".4f") -> str:
@@ -353,7 +351,7 @@ def render_report(
     if analysis.tournament is not None:
         from gradience.report.tournament import tournament_markdown  # matplotlib: only if needed
 
-        lines += [tournament_markdown(analysis.tournament, TOURNAMENT_FIGURE), ""]
+        lines += [tournament_markdown(analysis.tournament), ""]  # with tournament.png
     lines += ["## Contrasts", ""]
     hypothesis = analysis.inputs.get("hypothesis")
     power = float(hypothesis.get("power", 0.8)) if isinstance(hypothesis, Mapping) else 0.8
@@ -367,7 +365,7 @@ def render_report(
         )
     lines += ["## Figures", ""]
     for caption, path in figures.items():
-        if path not in (ACCURACY_FIGURE, DECISION_FIGURE, TOURNAMENT_FIGURE):  # shown above
+        if path not in (ACCURACY_FIGURE, DECISION_FIGURE):  # shown at the top
             lines += [f"**{caption}**", "", f"![{caption}]({path})", ""]
     lines += [f"- {note}" for note in figure_notes] + ([""] if figure_notes else [])
     lines += [

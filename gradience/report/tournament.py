@@ -22,13 +22,13 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from gradience.audit.names import layer_index, module_type
-from gradience.report.markdown import TOURNAMENT_FIGURE
 from gradience.results import AggregatedResults, VariantRun
 from gradience.results_tournament import Tournament, TournamentEntry
 from gradience.stats.placement import SHUFFLE_K_PREFIX
 from gradience.stats.tournament import entry_variants, shuffle_variants
 
 #: File names in the run folder (the report shows TOURNAMENT_FIGURE with the leaderboard).
+TOURNAMENT_FIGURE = "tournament.png"
 ALLOCATION_FIGURE = "allocation_heatmaps.png"
 DPI = 120
 PASS_COLOR, OTHER_COLOR, SHUFFLE_COLOR = "#0072B2", "#555555", "0.55"
