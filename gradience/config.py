@@ -157,14 +157,25 @@ class TaskConfig(_Section):
         "by the probe's job so every variant evaluates in the same batches; 16 on CPU and MPS. "
         "A number pins it.",
     )
-    eval_backend: Literal["hf", "vllm"] = Field(
+    eval_backend: Literal["hf", "vllm", "lm_eval"] = Field(
         "hf",
         description="Generation engine for evaluation: 'hf' (transformers, the trained PeftModel "
         "unmerged) or 'vllm' (CUDA, bf16/fp16; needs the [vllm] extra): the adapter is exported "
         "as vLLM serves it exactly (each module's scaling folded into lora_B, zero-padded to one "
         "rank, lora_alpha = r; vLLM ignores per-module ranks and alphas) and served as a LoRA on "
         "the unmerged base by one engine per worker, with the same prompts, greedy decoding, "
-        "max_new_tokens and stop rule.",
+        "max_new_tokens and stop rule. 'lm_eval' (needs the [lmeval] extra): "
+        "lm-evaluation-harness itself generates and scores (its HFLM wrapping the PeftModel, "
+        "unmerged) on the same items and prompt, task.num_fewshot worked examples first, "
+        "greedy, until a stop string or max_new_tokens (it does not stop at the answer line).",
+    )
+    num_fewshot: int = Field(
+        0,
+        ge=0,
+        description="eval_backend lm_eval: worked training examples put before each question "
+        "(lm-eval's sampler, seed 1234). 0 scores the prompt the model was trained on; "
+        "published GSM8K numbers are lm-eval's 5-shot on its own task (see "
+        "gradience.evaluate.lmeval_backend).",
     )
     eval_base_model: bool = Field(
         True,
@@ -191,6 +202,15 @@ class TaskConfig(_Section):
         if "{question}" not in value:
             raise ValueError("must contain the placeholder '{question}'")
         return value
+
+    @model_validator(mode="after")
+    def _fewshot_needs_lm_eval(self) -> TaskConfig:
+        if self.num_fewshot and self.eval_backend != "lm_eval":
+            raise ValueError(
+                "num_fewshot applies to eval_backend: lm_eval only (the hf and vllm backends "
+                "score the training prompt alone)"
+            )
+        return self
 
 
 class TrainConfig(_Section):

@@ -38,6 +38,42 @@ class AdapterInfo(_Result):
     use_rslora: bool
 
 
+class IntruderDimensions(_Result):
+    """Intruder dimensions of one module (``gradience audit --base``; see
+    :mod:`gradience.audit.intruder` for the definition, PEFT's): of the top_k left singular
+    vectors of W0 + s·B·A (the base tensor as stored), those whose largest |cos| with every
+    left singular vector of W0 is below epsilon."""
+
+    count: int = Field(description="Number of intruder dimensions among the top_k.")
+    index: list[int] = Field(description="Their positions among the top_k (0 = largest).")
+    singular_values: list[float] = Field(description="Their singular values in W0 + s·B·A.")
+    max_similarity: list[float] = Field(
+        description="Their largest |cos| with any singular vector of W0 (all below epsilon)."
+    )
+    top_singular_values: list[float] = Field(
+        description="The top_k singular values of W0 + s·B·A, descending."
+    )
+    top_similarity: list[float] = Field(
+        description="Largest |cos| with W0's singular vectors of each of the top_k vectors."
+    )
+    base_spectral_norm: float = Field(description="σ₁ of W0, to read the values against.")
+    base_tensor: str = Field(description="The base checkpoint tensor W0.")
+    transposed: bool = Field(
+        False, description="W0 is stored d_in × d_out (Conv1D, embeddings): vectors of d_in."
+    )
+
+
+class IntruderSettings(_Result):
+    base: str = Field(description="The --base MODEL as given.")
+    base_path: str = Field(description="The folder its safetensors were read from.")
+    top_k: int = Field(description="Singular vectors of W0 + s·B·A tested (PEFT: 10).")
+    epsilon: float = Field(description="Intruder when the largest |cos| is below this (PEFT: 0.5).")
+    modules_with_intruders: int
+    total: int = Field(description="Intruder dimensions over all modules.")
+    cached_modules: int = Field(0, description="Modules whose W0 SVD came from the cache.")
+    cache_dir: str | None = None
+
+
 class ModuleAudit(_Result):
     name: str = Field(
         description="Module name relative to the base model, as rank_pattern matches it."
@@ -60,6 +96,9 @@ class ModuleAudit(_Result):
     suggested_rank: dict[str, int]
     scaled_frobenius_norm: float | None = Field(None, description="Frobenius norm of scaling·B·A.")
     scaled_spectral_norm: float | None = Field(None, description="Spectral norm of scaling·B·A.")
+    intruder_dimensions: IntruderDimensions | None = Field(
+        None, description="With audit --base: this module's intruder dimensions (optional)."
+    )
 
 
 class PolicySummary(_Result):
@@ -82,6 +121,9 @@ class AuditResult(_Versioned):
     warnings: list[str] = Field(
         default_factory=list,
         description="Things a user should know, e.g. ambiguous rank_pattern keys.",
+    )
+    intruders: IntruderSettings | None = Field(
+        None, description="With audit --base: the intruder-dimension scan's settings (optional)."
     )
 
 
@@ -215,6 +257,38 @@ class EvalResult(_Versioned):
         description="Rows x forward passes had every batch run to its longest completion "
         "(what model.generate computes): the baseline for decode_row_steps.",
     )
+    primary_metric: str = Field(
+        "exact_match",
+        description="The metric the analysis decides on (hypothesis.primary_metric): "
+        "'exact_match' (gradience's numeric match, '####' answer else the last number) or "
+        "'strict_match'. The lm-eval scores below are shown beside it, never instead of it.",
+    )
+    eval_backend: str | None = Field(
+        None,
+        description="What generated the completions: 'hf', 'vllm' or 'lm_eval' "
+        "(lm-evaluation-harness's own HFLM and task loop); null in older files.",
+    )
+    num_fewshot: int | None = Field(
+        None, description="Worked examples before each question (the lm_eval backend's)."
+    )
+    lmeval_strict_match: float | None = Field(
+        None,
+        description="Mean of lm-eval's gsm8k 'strict-match' rule on these completions "
+        "(lm-eval's own filters and exact_match: string comparison); null when lm-eval is "
+        "not installed (lmeval_note says why).",
+    )
+    lmeval_flexible_extract: float | None = Field(
+        None,
+        description="Mean of lm-eval's gsm8k 'flexible-extract' rule (the last number in "
+        "the completion, compared as a string); null when lm-eval is not installed.",
+    )
+    lmeval_version: str | None = Field(
+        None, description="The lm-eval version whose rules scored these completions."
+    )
+    lmeval_note: str | None = Field(
+        None,
+        description="Where the lm-eval rules came from (its gsm8k.yaml), or why they are null.",
+    )
 
 
 class Prediction(_Result):
@@ -225,6 +299,21 @@ class Prediction(_Result):
     gold: str
     correct: bool
     strict_correct: bool = False
+    lmeval_strict_match: bool | None = Field(
+        None,
+        description="lm-eval's gsm8k strict-match on this completion: the number after the "
+        "first '#### ', compared as a string (null: lm-eval not installed).",
+    )
+    lmeval_flexible_extract: bool | None = Field(
+        None,
+        description="lm-eval's gsm8k flexible-extract: the completion's last number, "
+        "compared as a string (null: lm-eval not installed).",
+    )
+    lmeval_answers: dict[str, str] | None = Field(
+        None,
+        description="What each lm-eval filter extracted ('strict-match', 'flexible-extract'; "
+        "'[invalid]' when its regex found nothing), before exact_match's normalisation.",
+    )
 
 
 # ---------------------------------------------------------------- mechanism test
@@ -272,6 +361,14 @@ class VariantRun(_Result):
     ranks: dict[str, int] | None = Field(None, description="The rank each module trained at.")
     update_norms: dict[str, float] | None = Field(
         None, description="‖s·B·A‖_F per module after training (from train_result.json)."
+    )
+    lmeval_strict_match: float | None = Field(
+        None,
+        description="lm-eval gsm8k strict-match on the same completions (eval.json; null "
+        "without the [lmeval] extra or in older files). Beside the primary metric, never it.",
+    )
+    lmeval_flexible_extract: float | None = Field(
+        None, description="lm-eval gsm8k flexible-extract on the same completions (as above)."
     )
 
 

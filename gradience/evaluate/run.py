@@ -2,6 +2,8 @@
 
 Writes ``predictions.jsonl`` (one record per item, in eval order, so statistics can pair items
 across variants) and then ``eval.json`` — last, so its presence means the evaluation finished.
+Both carry gradience's numeric scores (primary) and, when lm-eval is installed, lm-eval's
+gsm8k strict-match and flexible-extract scores of the same completions (:mod:`.lmeval_scoring`).
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ if TYPE_CHECKING:
 
     from gradience.evaluate.batch_size import BatchSize
     from gradience.evaluate.generate import Generation
+    from gradience.evaluate.lmeval_scoring import LmevalSummary
     from gradience.tasks import Example, TaskData
 
 ModelLoader = Callable[[ExperimentConfig], "tuple[PreTrainedModel, PreTrainedTokenizerBase]"]
@@ -124,7 +127,9 @@ def evaluate_model(
     trained PeftModel, unmerged, or a base model), score it, write eval.json and
     predictions.jsonl.
 
-    ``progress`` gets ``{"done", "total"}`` (items) after every generation batch.
+    ``progress`` gets ``{"done", "total"}`` (items) after every generation batch
+    (``task.eval_backend: lm_eval``: once, when lm-eval has generated and scored them all,
+    :mod:`.lmeval_backend`).
     ``adapter_label`` is recorded as the result's ``adapter``. ``batch_size``: decided by the
     caller (e.g. once per seed); None: :func:`eval_batch_size` for this model and these items.
     """
@@ -136,7 +141,8 @@ def evaluate_model(
     started = time.perf_counter()
     if cfg.env.num_threads:
         torch.set_num_threads(cfg.env.num_threads)
-    items = _task_data(cfg, task_data).eval
+    task_data = _task_data(cfg, task_data)
+    items = task_data.eval
     model.eval()
 
     prompts = [build_prompt(cfg.task, example) for example in items]
@@ -152,7 +158,22 @@ def evaluate_model(
 
     decoding = GenerationStats()  # filled by the HF path
     generation_started = time.perf_counter()
-    if cfg.task.eval_backend == "vllm":
+    generations: list[Generation] | None = None
+    if cfg.task.eval_backend == "lm_eval":  # lm-eval generates and scores: records come back
+        from gradience.evaluate.lmeval_backend import evaluate_with_lmeval
+
+        lmeval_run = evaluate_with_lmeval(
+            cfg,
+            model,
+            tokenizer,
+            items,
+            prompts,
+            task_data.train,
+            Path(output_dir),
+            batch_size=batch_size.size,
+        )
+        batch_finished(len(prompts))
+    elif cfg.task.eval_backend == "vllm":
         generations = generate_with_vllm(
             cfg, model, tokenizer, prompts, Path(output_dir), adapted=adapter_label is not None
         )
@@ -170,11 +191,15 @@ def evaluate_model(
             stats=decoding,
         )
     generation_time = time.perf_counter() - generation_started
-    predictions = [
-        score(example, prompt, gen)
-        for example, prompt, gen in zip(items, prompts, generations, strict=True)
-    ]
-    generated_tokens = sum(len(gen.token_ids) for gen in generations)
+    if generations is None:
+        predictions, generated_tokens = lmeval_run.predictions, lmeval_run.generated_tokens
+    else:
+        predictions = [
+            score(example, prompt, gen)
+            for example, prompt, gen in zip(items, prompts, generations, strict=True)
+        ]
+        generated_tokens = sum(len(gen.token_ids) for gen in generations)
+    predictions, lmeval = lmeval_scores(cfg, items, predictions)
 
     output_dir = Path(output_dir)
     write_text_atomic(
@@ -201,9 +226,26 @@ def evaluate_model(
         decode_row_steps_unpruned=decoding.row_steps_unpruned or None,
         config_hash=cfg.config_hash(),
         adapter_applied=adapter_applied(cfg, adapter_label),
+        primary_metric=cfg.hypothesis.primary_metric,
+        eval_backend=cfg.task.eval_backend,
+        num_fewshot=cfg.task.num_fewshot if cfg.task.eval_backend == "lm_eval" else None,
+        **lmeval.fields(),
     )
     write_model(output_dir / "eval.json", result)
     return result
+
+
+def lmeval_scores(
+    cfg: ExperimentConfig, items: list[Example], predictions: list[Prediction]
+) -> tuple[list[Prediction], LmevalSummary]:
+    """Every item also scored by lm-eval's gsm8k rules (:mod:`.lmeval_scoring`; null fields
+    and a note when lm-eval is not installed). The lm_eval backend's records already carry
+    lm-eval's own scores of its run, which are summarised as they are."""
+    from gradience.evaluate.lmeval_scoring import add_lmeval_scores, rules_note, summarize
+
+    if cfg.task.eval_backend == "lm_eval":
+        return predictions, summarize(predictions, rules_note(generated_by_lmeval=True))
+    return add_lmeval_scores(items, predictions)
 
 
 def adapter_applied(cfg: ExperimentConfig, adapter_label: str | None) -> str | None:
@@ -215,6 +257,8 @@ def adapter_applied(cfg: ExperimentConfig, adapter_label: str | None) -> str | N
             "vllm lora, base unmerged (uniform export: each module's scaling folded into "
             "lora_B, zero-padded to one rank, lora_alpha = r)"
         )
+    if cfg.task.eval_backend == "lm_eval":
+        return "unmerged (lm-eval's HFLM wrapping the PeftModel in memory)"
     return "unmerged"
 
 

@@ -300,6 +300,8 @@ def variant_run(state: VariantState, folder: Path, item_ids: list[str]) -> Varia
         item_strict_correct=strict_correct,
         ranks=dict(state.train.ranks),
         update_norms=dict(state.train.update_norms) or None,
+        lmeval_strict_match=state.eval.lmeval_strict_match,
+        lmeval_flexible_extract=state.eval.lmeval_flexible_extract,
     )
 
 

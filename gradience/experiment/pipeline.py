@@ -70,6 +70,10 @@ def run_mechanism_test(
 
         require_vllm()
         check_vllm_config(cfg)
+    if cfg.task.eval_backend == "lm_eval":
+        from gradience.evaluate.lmeval_backend import require_lmeval
+
+        require_lmeval()
     ctx = plan.RunContext(cfg, Path(output_dir or cfg.env.output_base_dir).resolve())
     with open_run_folder(ctx.run_dir, cfg, fresh=fresh) as folder:
         if folder.moved_aside is not None:

@@ -70,8 +70,24 @@ def _setup(analysis: MechanismAnalysis, results: AggregatedResults) -> list[str]
     return ["## Setup", ""] + _table(["", ""], rows)
 
 
+def _lmeval(aggregate) -> str:
+    """Mean over seeds of lm-eval's gsm8k strict-match / flexible-extract scores."""
+    means = []
+    for field in ("lmeval_strict_match", "lmeval_flexible_extract"):
+        values = [
+            getattr(r, field) for r in aggregate.runs.values() if getattr(r, field) is not None
+        ]
+        means.append(_num(sum(values) / len(values)) if values else "—")
+    return " / ".join(means)
+
+
 def _variants(results: AggregatedResults, metric: str) -> list[str]:
     seeds = [str(s) for s in results.seeds]
+    lmeval = any(
+        r.lmeval_strict_match is not None
+        for v in results.variants.values()
+        for r in v.runs.values()
+    )
     rows = []
     for name, aggregate in results.variants.items():
         values = [
@@ -87,6 +103,7 @@ def _variants(results: AggregatedResults, metric: str) -> list[str]:
                 str(len(present)),
                 f"{_num(mean)} ± {_num(sd)}",
                 *[_num(v) for v in values],
+                *([_lmeval(aggregate)] if lmeval else []),
                 "—" if params is None else f"{params:,.0f}",
             ]
         )
@@ -95,6 +112,7 @@ def _variants(results: AggregatedResults, metric: str) -> list[str]:
         "n",
         f"{metric} mean ± sd",
         *[f"seed {s}" for s in seeds],
+        *(["lm-eval strict / flexible (beside, not primary)"] if lmeval else []),
         "trainable params",
     ]
     lines = [f"## Variants ({metric}; sd over seeds, ddof=1)", ""] + _table(header, rows)
