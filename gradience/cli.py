@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 
 from gradience import __version__
-from gradience.commands import analysis, audit, compress, mechanism, train
+from gradience.commands import analysis, audit, check, compress, mechanism, train
 from gradience.errors import GradienceError
 
 
@@ -26,6 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     audit.register(commands)
     compress.register(commands)
+    check.register(commands)
     train.register(commands)
     group = commands.add_parser(
         "mechanism",
