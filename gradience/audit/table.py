@@ -95,6 +95,62 @@ def _module_rows(modules: Sequence[ModuleAudit], policies: Sequence[str]) -> lis
     ]
 
 
+def _intruder_lines(audit: AuditResult, top: int) -> list[str]:
+    """Intruder dimensions per module type, and the modules with the most of them."""
+    run = audit.intruders
+    if run is None:
+        return []
+    rows = []
+    for kind, modules in modules_by_type(audit).items():
+        scans = [m.intruder_dimensions for m in modules if m.intruder_dimensions is not None]
+        if not scans:
+            continue
+        found = [d for d in scans if d.count]
+        strongest = max(
+            (max(d.singular_values) / d.base_spectral_norm for d in found if d.base_spectral_norm),
+            default=None,
+        )
+        rows.append(
+            [
+                kind,
+                str(len(scans)),
+                str(len(found)),
+                str(sum(d.count for d in scans)),
+                str(max(d.count for d in scans)),
+                "-" if strongest is None else f"{strongest:.2f}",
+            ]
+        )
+    header = ["type", "scanned", "with", "intruders", "max", "max σ/σ1(W0)"]
+    lines = [
+        "",
+        f"Intruder dimensions against {run.base} (top-{run.top_k} singular vectors of "
+        f"W0 + s·B·A with max |cos| < {run.epsilon:g} to every singular vector of W0):",
+        *_format_rows(header, rows),
+        f"{run.modules_with_intruders} of {sum(int(r[1]) for r in rows)} modules have intruders, {run.total} in all; W0 SVDs from cache: {run.cached_modules}",
+    ]
+    ranked = sorted(
+        (m for m in audit.modules if m.intruder_dimensions and m.intruder_dimensions.count),
+        key=lambda m: -m.intruder_dimensions.count,  # type: ignore[union-attr]
+    )[:top]
+    if ranked:
+        lines += ["", f"Top {len(ranked)} modules by intruder dimensions:"]
+        lines += _format_rows(
+            ["module", "intruders", "at index", "first's σ", "its max |cos|"],
+            [
+                [
+                    m.name,
+                    str(d.count),
+                    ",".join(str(i + 1) for i in d.index),
+                    f"{d.singular_values[0]:.3g}",
+                    f"{d.max_similarity[0]:.3f}",
+                ]
+                for m in ranked
+                if (d := m.intruder_dimensions) is not None
+            ],
+        )
+    return lines
+
+
 def render_audit(audit: AuditResult, top: int = 5) -> str:
     """The text report of ``gradience audit``: medians per module type (over layers), the
     suggested ranks of every policy (median/p90/max, nearest-rank), and the ``top`` modules that
@@ -122,6 +178,7 @@ def render_audit(audit: AuditResult, top: int = 5) -> str:
         lines += _format_rows(header, _module_rows(ordered[::-1][:top], policies))
         lines += ["", f"Top {top} modules using the least of their rank:"]
         lines += _format_rows(header, _module_rows(ordered[:top], policies))
+    lines += _intruder_lines(audit, top)
     return "\n".join(lines)
 
 

@@ -82,6 +82,26 @@ def register(commands: argparse._SubParsersAction) -> None:
         action="store_true",
         help="accept adapter_model.bin (loaded with torch.load(weights_only=True)); off by default",
     )
+    audit.add_argument(
+        "--base",
+        metavar="MODEL",
+        help="also count intruder dimensions against this base model (a folder with "
+        "*.safetensors, a hub id, package:<module> or embedded:tiny-mistral): top singular "
+        "vectors of W0 + s·B·A unlike every one of W0's (PEFT's definition); W0's SVDs are cached",
+    )
+    audit.add_argument(
+        "--intruder-top-k",
+        type=int,
+        metavar="K",
+        help="with --base: vectors tested (default 10, PEFT's)",
+    )
+    audit.add_argument(
+        "--intruder-epsilon",
+        type=float,
+        metavar="EPS",
+        help="with --base: an intruder when its max |cos| with W0's vectors is below this "
+        "(default 0.5, PEFT's)",
+    )
     audit.set_defaults(handler=run_audit)
 
     suggest = commands.add_parser(
@@ -137,6 +157,12 @@ def run_audit(args: argparse.Namespace) -> int:
         raise GradienceError(f"must be >= 0, got {args.top}", field="--top")
     if args.plot and not args.plot.lower().endswith(".png"):
         raise GradienceError("the plot is written as PNG; give a .png file name", field="--plot")
+    for flag, given in (
+        ("--intruder-top-k", args.intruder_top_k),
+        ("--intruder-epsilon", args.intruder_epsilon),
+    ):
+        if given is not None and not args.base:
+            raise GradienceError("only applies with --base", field=flag)
     result = audit_adapter(
         args.adapter_dir,
         policies=policies,
@@ -147,6 +173,19 @@ def run_audit(args: argparse.Namespace) -> int:
         allow_pickle=args.allow_pickle,
         progress=sys.stderr.isatty(),
     )
+    if args.base:
+        from gradience.audit.intruder import EPSILON, TOP_K
+        from gradience.audit.intruder_scan import add_intruder_dimensions
+
+        result = add_intruder_dimensions(
+            result,
+            args.adapter_dir,
+            args.base,
+            top_k=TOP_K if args.intruder_top_k is None else args.intruder_top_k,
+            epsilon=EPSILON if args.intruder_epsilon is None else args.intruder_epsilon,
+            allow_pickle=args.allow_pickle,
+            progress=sys.stderr.isatty(),
+        )
     if args.output:
         write_model(args.output, result)
     if args.json:
@@ -157,7 +196,16 @@ def run_audit(args: argparse.Namespace) -> int:
         from gradience.audit.plots import plot_audit
 
         plot_audit(result, policies[0], args.plot)
-    for path, what in ((args.output, "audit JSON"), (args.plot, "plot")):
+    intruder_plot = None
+    if args.plot and result.intruders is not None:
+        from gradience.audit.intruder_plots import intruder_plot_path, plot_intruders
+
+        intruder_plot = plot_intruders(result, intruder_plot_path(args.plot))
+    for path, what in (
+        (args.output, "audit JSON"),
+        (args.plot, "plot"),
+        (intruder_plot, "intruder plot"),
+    ):
         if path:
             print(f"wrote {what} to {path}", file=sys.stderr)
     return 0
