@@ -95,8 +95,9 @@ class ModelConfig(_Section):
     gguf_file: str | None = Field(
         None,
         description="GGUF file inside the model repo/folder to load instead of safetensors; "
-        "its weights are unpacked to env.torch_dtype and train like any other (needs the "
-        "'gguf' package).",
+        "its weights are unpacked once per machine into a verified safetensors cache "
+        "($GRADIENCE_CACHE/models/, gradience/models/gguf_cache.py), then load at env.torch_dtype "
+        "in about a second and train like any other (needs the 'gguf' package).",
     )
 
 
