@@ -4,12 +4,12 @@ vLLM applies one scaling to a whole adapter, computed from the top-level ``r`` a
 ``lora_alpha`` of adapter_config.json (``PEFTHelper.__post_init__`` in
 ``vllm/lora/peft_helper.py``: α/r, α/√r when ``use_rslora``; every module gets it through
 ``LoRALayerWeights.from_config``; ``use_rslora`` is honoured since PEFTHelper, v0.10.0 at
-the latest). The PEFTHelper of released versions (v0.10.0 up to the latest published API
-docs) declares no ``rank_pattern`` or ``alpha_pattern``, and ``PEFTHelper.from_dict`` drops
-fields it does not declare, so a heterogeneous adapter handed over as trained would be scored
-with the wrong scale in every module whose rank or alpha differs from the top-level pair.
-(vLLM's newest source adds ``get_rank_and_scaling`` for the patterns; nothing here relies on
-either behaviour.)
+the latest). The PEFTHelper of v0.10.0 up to v0.31.0 declares no ``rank_pattern`` or
+``alpha_pattern``, and ``PEFTHelper.from_dict`` drops fields it does not declare, so a
+heterogeneous adapter handed over as trained would be scored with the wrong scale in every
+module whose rank or alpha differs from the top-level pair. (From v0.32.0,
+``PEFTHelper.get_rank_and_scaling`` applies the patterns as PEFT does, read from the wheels by
+:mod:`gradience.serving`; nothing here relies on either behaviour.)
 
 :func:`export_for_vllm` therefore writes the in-memory adapter through
 :func:`gradience.compress.truncate_adapter` with every module at its own rank (nothing is
