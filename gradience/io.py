@@ -1,4 +1,11 @@
-"""Atomic, versioned JSON files: every file the pipeline writes goes through here."""
+"""Atomic, versioned JSON files: every file the pipeline writes goes through here.
+
+Also the checks on the paths a user gives a command (:func:`require_file`, :func:`require_dir`,
+:func:`require_file_in`, :func:`output_file`, :func:`output_dir`): a missing path, a file where
+a folder is expected or the reverse, or an output that cannot be created becomes one
+GradienceError that names the path (and the flag) and says what to give. Outputs follow one
+rule: missing parent folders are created; a path component that is a file is refused.
+"""
 
 from __future__ import annotations
 
@@ -76,7 +83,9 @@ def read_json(path: str | Path) -> object:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except json.JSONDecodeError as exc:
-        raise GradienceError(f"not valid JSON ({exc.msg} at line {exc.lineno})", path=path) from None
+        raise GradienceError(
+            f"not valid JSON ({exc.msg} at line {exc.lineno})", path=path
+        ) from None
 
 
 def read_model(path: str | Path, model_type: type[M]) -> M:
@@ -101,3 +110,101 @@ def describe_validation_error(exc: ValidationError) -> str:
     if len(got_text) > 80:
         got_text = got_text[:77] + "..."
     return f"{loc}: {message}{got_text}{extra}"
+
+
+def require_file(
+    path: str | Path, what: str, *, noun: str = "file", field: str | None = None
+) -> Path:
+    """``path`` when it is an existing file; else a GradienceError saying to give ``what``.
+
+    ``noun`` opens the not-found message ("config file not found; give ..."), ``field`` names
+    the flag (``--config``); ``what`` is the thing to give ("an experiment YAML file").
+    """
+    path = Path(path)
+    if path.is_dir():
+        raise GradienceError(f"is a folder; give {what}", path=path, field=field)
+    if not path.exists():
+        raise GradienceError(f"{noun} not found; give {what}", path=path, field=field)
+    if not path.is_file():
+        raise GradienceError(f"is not a regular file; give {what}", path=path, field=field)
+    return path
+
+
+def require_dir(
+    path: str | Path,
+    what: str,
+    *,
+    noun: str = "folder",
+    contains: str | None = None,
+    field: str | None = None,
+) -> Path:
+    """``path`` when it is an existing folder (holding the file ``contains``, when given)."""
+    path = Path(path)
+    if not path.exists():
+        raise GradienceError(f"{noun} not found; give {what}", path=path, field=field)
+    if not path.is_dir():
+        raise GradienceError(f"is a file; give {what}", path=path, field=field)
+    if contains is not None and not (path / contains).is_file():
+        raise GradienceError(f"no {contains} here; give {what}", path=path, field=field)
+    return path
+
+
+def require_file_in(
+    path: str | Path, name: str, what: str, *, noun: str = "file", field: str | None = None
+) -> Path:
+    """The file ``path``, or ``path/name`` when ``path`` is a folder (that must hold it: the
+    message then names ``path/name``, the file looked for)."""
+    path = Path(path)
+    if path.is_dir():
+        return require_file(path / name, what, noun=noun, field=field)
+    return require_file(path, what, noun=noun, field=field)
+
+
+def output_file(
+    path: str | Path, what: str, *, field: str | None = None, example: str | None = None
+) -> Path:
+    """``path`` when a file can be written there: not an existing folder, and every existing
+    parent a writable folder (missing parents are created when the file is written).
+
+    ``example``: a file name suggested inside the folder when ``path`` is one.
+    """
+    path = Path(path)
+    if path.is_dir():
+        hint = f", e.g. {path / example}" if example else ""
+        raise GradienceError(
+            f"is a folder; give a file name for {what}{hint}", path=path, field=field
+        )
+    _check_creatable(path.parent, path, what, field)
+    return path
+
+
+def output_dir(path: str | Path, what: str, *, field: str | None = None) -> Path:
+    """``path`` when a folder can be written there: an existing writable folder, or a path
+    whose nearest existing parent is a writable folder (the missing folders are created)."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise GradienceError(
+            f"is a file; give a folder for {what} (created if missing)", path=path, field=field
+        )
+    _check_creatable(path, path, what, field)
+    return path
+
+
+def _check_creatable(folder: Path, path: Path, what: str, field: str | None) -> None:
+    """The nearest existing one of ``folder`` and its parents must be a writable folder."""
+    nearest = folder
+    while not nearest.exists() and nearest != nearest.parent:
+        nearest = nearest.parent
+    if nearest.exists() and not nearest.is_dir():
+        raise GradienceError(
+            f"{nearest} is a file, not a folder; give a path in a folder for {what} "
+            "(missing folders are created)",
+            path=path,
+            field=field,
+        )
+    if nearest.exists() and not os.access(nearest, os.W_OK | os.X_OK):
+        raise GradienceError(
+            f"{nearest} is not writable; give a path in a folder you can write for {what}",
+            path=path,
+            field=field,
+        )

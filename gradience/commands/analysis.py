@@ -9,6 +9,7 @@ import argparse
 import json
 from pathlib import Path
 
+from gradience.commands import paths
 from gradience.errors import GradienceError
 
 
@@ -37,7 +38,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--output); quotes the hash of the run's registered analysis plan.",
     )
     analyze.add_argument("results", help="aggregated_results.json, or the run folder holding it")
-    analyze.add_argument("--output", metavar="DIR", help="write the analysis and report here")
+    analyze.add_argument(
+        "--output",
+        metavar="DIR",
+        help="write the analysis and report here (default: beside the results)" + paths.CREATED,
+    )
     analyze.add_argument(
         "--config",
         metavar="YAML",
@@ -73,11 +78,17 @@ def register(commands: argparse._SubParsersAction) -> None:
 
 
 def _analyze(args: argparse.Namespace) -> int:
+    from gradience.io import output_dir
     from gradience.report.files import analyze_results
     from gradience.report.summary import format_closing, format_summary
 
+    results = paths.results_file(args.results)
+    if args.output is not None:
+        output_dir(args.output, "the analysis and report", field="--output")
+    if args.config is not None:
+        paths.config_file(args.config)
     output = analyze_results(
-        args.results,
+        results,
         output_dir=args.output,
         config_path=args.config,
         contrasts=args.contrast,
@@ -96,8 +107,10 @@ def _analyze(args: argparse.Namespace) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
+    from gradience.io import require_dir
     from gradience.report.files import rerender
 
+    require_dir(args.dir, paths.ANALYSIS_DIR, contains="mechanism_analysis.json")
     output = rerender(args.dir)
     if not output.written:
         raise GradienceError("nothing was written", path=args.dir)

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
-from gradience.commands import suggest_budget
+from gradience.commands import paths, suggest_budget
 from gradience.errors import GradienceError
 
 _DEFAULT_POLICIES = "energy@0.90,energy@0.95,erank,stable_rank,knee,oht"
@@ -43,12 +44,16 @@ def register(commands: argparse._SubParsersAction) -> None:
         "Reads adapter_config.json + adapter_model.safetensors one module at a time.",
     )
     audit.add_argument(
-        "adapter_dir", metavar="ADAPTER_DIR", help="PEFT adapter directory (save_pretrained output)"
+        "adapter_dir",
+        metavar="ADAPTER_DIR",
+        help="PEFT adapter folder (save_pretrained output, the one with adapter_config.json)",
     )
     audit.add_argument(
         "--json", action="store_true", help="print the full audit JSON instead of the table"
     )
-    audit.add_argument("--output", metavar="FILE", help="also write the full audit JSON to FILE")
+    audit.add_argument(
+        "--output", metavar="FILE", help="also write the full audit JSON to FILE" + paths.CREATED
+    )
     audit.add_argument(
         "--policies",
         default=_DEFAULT_POLICIES,
@@ -75,7 +80,8 @@ def register(commands: argparse._SubParsersAction) -> None:
     audit.add_argument(
         "--plot",
         metavar="FILE.png",
-        help="save spectra, energy curves and a heatmap of the first policy's ranks",
+        help="save spectra, energy curves and a heatmap of the first policy's ranks (with "
+        "--base, the intruder figure too, as FILE.intruders.png)" + paths.CREATED,
     )
     audit.add_argument(
         "--allow-pickle",
@@ -136,7 +142,9 @@ def register(commands: argparse._SubParsersAction) -> None:
         "its preference is 0 (a zero update, or no component above global_energy's threshold)",
     )
     suggest.add_argument(
-        "--output", metavar="FILE", help="write the rank pattern JSON here (default: print it)"
+        "--output",
+        metavar="FILE",
+        help="write the rank pattern JSON here (default: print it)" + paths.CREATED,
     )
     suggest.set_defaults(handler=run_suggest)
 
@@ -144,8 +152,9 @@ def register(commands: argparse._SubParsersAction) -> None:
 def run_audit(args: argparse.Namespace) -> int:
     from gradience.audit import audit_adapter
     from gradience.audit.table import render_audit
-    from gradience.io import write_model
+    from gradience.io import output_file, write_model
 
+    paths.adapter_dir(args.adapter_dir)
     policies = [
         _checked_policy(p.strip(), "--policies") for p in args.policies.split(",") if p.strip()
     ]
@@ -157,6 +166,14 @@ def run_audit(args: argparse.Namespace) -> int:
         raise GradienceError(f"must be >= 0, got {args.top}", field="--top")
     if args.plot and not args.plot.lower().endswith(".png"):
         raise GradienceError("the plot is written as PNG; give a .png file name", field="--plot")
+    if args.output:
+        output_file(args.output, "the audit JSON", field="--output", example="audit.json")
+    if args.plot:
+        output_file(args.plot, "the plot", field="--plot", example="audit.png")
+        if args.base:  # intruder_plot_path's name, without importing the plotting module
+            plot = Path(args.plot)
+            intruders = plot.with_name(f"{plot.stem}.intruders{plot.suffix}")
+            output_file(intruders, "the intruder plot", field="--plot")
     for flag, given in (
         ("--intruder-top-k", args.intruder_top_k),
         ("--intruder-epsilon", args.intruder_epsilon),
@@ -213,10 +230,19 @@ def run_audit(args: argparse.Namespace) -> int:
 
 def run_suggest(args: argparse.Namespace) -> int:
     from gradience.audit.table import render_pattern
-    from gradience.io import read_model, write_model
+    from gradience.io import output_file, read_model, require_file, write_model
     from gradience.ranks import default_allowed_ranks, suggest_ranks
     from gradience.results import AuditResult
 
+    require_file(args.audit_json, paths.AUDIT_JSON)
+    if args.output:
+        output_file(args.output, "the rank pattern JSON", field="--output", example="ranks.json")
+        if Path(args.output).resolve() == Path(args.audit_json).resolve():
+            raise GradienceError(
+                "is the audit being read; give another file for the rank pattern JSON",
+                path=args.output,
+                field="--output",
+            )
     _checked_policy(args.policy, "--policy")
     if args.margin is not None and not args.margin > 0:
         raise GradienceError(f"must be positive, got {args.margin}", field="--margin")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from gradience.commands import paths
+
 #: The servers ``gradience.serving.check.SERVERS`` knows (kept here so that registering the
 #: command imports nothing of the stage).
 SERVERS = ("peft", "vllm", "sglang", "lorax")
@@ -51,6 +53,7 @@ def run_check(args: argparse.Namespace) -> int:
     from gradience.serving.table import render_check
     from gradience.serving.vllm_loader import parse_version
 
+    paths.adapter_dir(args.adapter_dir)
     version = None
     if args.vllm_version is not None:
         try:

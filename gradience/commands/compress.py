@@ -6,6 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from gradience.commands import paths
 from gradience.commands.audit import _checked_policy, _int_list
 from gradience.errors import GradienceError
 
@@ -23,9 +24,17 @@ def register(commands: argparse._SubParsersAction) -> None:
         "rank_pattern/alpha_pattern, or one rank for the whole adapter with --uniform) and "
         "OUTPUT/compress.json (parameters before/after, kept energy and error per module).",
     )
-    compress.add_argument("adapter_dir", metavar="ADAPTER_DIR", help="PEFT LoRA adapter directory")
     compress.add_argument(
-        "--output", required=True, type=Path, metavar="DIR", help="folder to write"
+        "adapter_dir",
+        metavar="ADAPTER_DIR",
+        help="PEFT LoRA adapter folder (the one with adapter_config.json)",
+    )
+    compress.add_argument(
+        "--output",
+        required=True,
+        type=Path,
+        metavar="DIR",
+        help="folder to write: new, empty, or an earlier compress output" + paths.CREATED,
     )
     ranks = compress.add_mutually_exclusive_group()
     ranks.add_argument(
@@ -66,14 +75,17 @@ def register(commands: argparse._SubParsersAction) -> None:
 def run_compress(args: argparse.Namespace) -> int:
     from gradience.compress import compress_adapter
     from gradience.compress.table import render_compress
-    from gradience.io import read_model
+    from gradience.io import output_dir, read_model
     from gradience.results import RankPattern
 
+    paths.adapter_dir(args.adapter_dir)
+    output_dir(args.output, "the compressed adapter", field="--output")
     ranks, source = None, None
     if args.ranks is not None:
         for flag, value in (("--allowed-ranks", args.allowed_ranks), ("--margin", args.margin)):
             if value is not None:
                 raise GradienceError("applies to --policy, not to given --ranks", field=flag)
+        paths.ranks_file(args.ranks)
         ranks, source = read_model(args.ranks, RankPattern).ranks, str(args.ranks)
     margin = 1.0 if args.margin is None else args.margin
     if not margin > 0:

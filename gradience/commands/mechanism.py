@@ -7,7 +7,7 @@ import shlex
 import sys
 from typing import Any
 
-from gradience.commands import power
+from gradience.commands import paths, power
 from gradience.commands.interrupts import INTERRUPTED_EXIT_CODE, second_interrupt_exits
 from gradience.errors import GradienceError
 
@@ -25,7 +25,11 @@ def register(commands: argparse._SubParsersAction) -> None:
         "(everything else is still written and aggregated), 2 for a bad config.",
     )
     run.add_argument("--config", required=True, help="experiment YAML (see gradience/config.py)")
-    run.add_argument("--output", metavar="DIR", help="run folder (default: env.output_base_dir)")
+    run.add_argument(
+        "--output",
+        metavar="DIR",
+        help="run folder (default: env.output_base_dir)" + paths.CREATED,
+    )
     run.add_argument("--seeds", help="comma-separated seeds, e.g. 42,43,44 (default: train.seeds)")
     run.add_argument("--executor", choices=["local", "ray"], help="default: env.executor")
     run.add_argument(
@@ -92,7 +96,7 @@ def configured(args: argparse.Namespace) -> Any:
     """The config file with the command line's overrides applied (and validated)."""
     from gradience.config import RUN_REQUIRED, load_config
 
-    cfg = load_config(args.config, required=RUN_REQUIRED).model_copy(deep=True)
+    cfg = load_config(paths.config_file(args.config), required=RUN_REQUIRED).model_copy(deep=True)
     if args.seeds:
         cfg.train.seeds = parse_seeds(args.seeds)
     if getattr(args, "until_decided", False) or cfg.hypothesis.until_decided:
@@ -188,10 +192,12 @@ def status_command(args: argparse.Namespace) -> int:
 
     from gradience.experiment import job_table, load_run
     from gradience.experiment.aggregate import AGGREGATED_FILE
-    from gradience.io import read_model
+    from gradience.io import read_model, require_dir
     from gradience.results import AggregatedResults
 
-    ctx = load_run(args.run_dir)
+    ctx = load_run(
+        require_dir(args.run_dir, paths.RUN_DIR, noun="run folder", contains="config.yaml")
+    )
     table = Table(title=f"jobs in {ctx.run_dir}", show_lines=False)
     for column in ("job", "status", "attempts", "wall s", "progress", "error"):
         table.add_column(column, overflow="fold")

@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from gradience.commands import paths
 from gradience.errors import GradienceError
 
 #: Items per split of the hub's openai/gsm8k (config "main"), to plan without downloading it.
@@ -169,7 +170,7 @@ def _load_pilot(pilot: str, metric: str) -> tuple[Path, Any]:
     from gradience.report.files import checked_results, resolve_results_path
     from gradience.results import AggregatedResults
 
-    path = resolve_results_path(pilot)
+    path = resolve_results_path(paths.results_file(pilot, field="--pilot"))
     return path, checked_results(read_model(path, AggregatedResults), path, metric)
 
 
@@ -243,7 +244,7 @@ def format_plan(plan: dict[str, Any]) -> str:
 def power_command(args: argparse.Namespace) -> int:
     from gradience.config import load_config
 
-    cfg = load_config(args.config)
+    cfg = load_config(paths.config_file(args.config))
     plan = build_plan(cfg, args.config, args.pilot)
     if args.json:
         print(json.dumps(plan, indent=2))

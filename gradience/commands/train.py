@@ -10,6 +10,8 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from gradience.commands import paths
+
 
 def register(commands: argparse._SubParsersAction) -> None:
     """Add ``train`` and ``eval`` to ``commands``."""
@@ -32,7 +34,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         "--uniform", type=int, metavar="R", help="the same rank R on every target module"
     )
     train.add_argument("--seed", type=int, help="training seed (default: the first of train.seeds)")
-    train.add_argument("--output", required=True, type=Path, help="output folder")
+    train.add_argument(
+        "--output",
+        required=True,
+        type=Path,
+        help="output folder (adapter/, train_result.json, checkpoints/)" + paths.CREATED,
+    )
     train.add_argument("--variant", help="variant name recorded in train_result.json")
     train.add_argument(
         "--audit-every",
@@ -55,7 +62,12 @@ def register(commands: argparse._SubParsersAction) -> None:
         type=Path,
         help="adapter folder, or a `gradience train` output; omit for the base model",
     )
-    evaluate.add_argument("--output", required=True, type=Path, help="output folder")
+    evaluate.add_argument(
+        "--output",
+        required=True,
+        type=Path,
+        help="output folder (eval.json, predictions.jsonl)" + paths.CREATED,
+    )
     evaluate.set_defaults(handler=run_eval)
 
 
@@ -85,9 +97,11 @@ class LazyBar:
 
 def run_train(args: argparse.Namespace) -> int:
     from gradience.config import RUN_REQUIRED, load_config
+    from gradience.io import output_dir
     from gradience.train.run import train_variant
 
-    cfg = load_config(args.config, required=RUN_REQUIRED)
+    cfg = load_config(paths.config_file(args.config), required=RUN_REQUIRED)
+    output_dir(args.output, "the trained adapter", field="--output")
     ranks, source = _read_ranks(args, cfg.lora.probe_r)
     seed = args.seed if args.seed is not None else cfg.train.seeds[0]
     hook = _rank_audit_hook(args.audit_every, cfg, args.output)
@@ -155,7 +169,7 @@ def _read_ranks(args: argparse.Namespace, probe_r: int) -> tuple[dict[str, int] 
         if args.uniform <= 0:
             raise GradienceError(f"--uniform must be a positive rank, got {args.uniform}")
         return args.uniform, None
-    pattern = read_model(args.ranks, RankPattern)
+    pattern = read_model(paths.ranks_file(args.ranks), RankPattern)
     if pattern.probe_r != probe_r:
         raise GradienceError(
             f"probe_r={pattern.probe_r} but the config's lora.probe_r={probe_r}: the alpha policy "
@@ -169,8 +183,12 @@ def _read_ranks(args: argparse.Namespace, probe_r: int) -> tuple[dict[str, int] 
 def run_eval(args: argparse.Namespace) -> int:
     from gradience.config import RUN_REQUIRED, load_config
     from gradience.evaluate.run import evaluate_adapter
+    from gradience.io import output_dir
 
-    cfg = load_config(args.config, required=RUN_REQUIRED)
+    cfg = load_config(paths.config_file(args.config), required=RUN_REQUIRED)
+    if args.adapter is not None:
+        _check_adapter(args.adapter)
+    output_dir(args.output, "the evaluation", field="--output")
     with LazyBar(desc="eval", unit="item") as bar:
 
         def progress(event: dict) -> None:
@@ -184,3 +202,21 @@ def run_eval(args: argparse.Namespace) -> int:
         f"-> {args.output / 'eval.json'}"
     )
     return 0
+
+
+def _check_adapter(path: Path) -> None:
+    """``--adapter``: a folder with adapter_config.json in it or in its adapter/ (a train output).
+
+    The weights inside are ``evaluate.run.resolve_adapter_dir``'s to check.
+    """
+    from gradience.errors import GradienceError
+    from gradience.io import require_dir
+
+    require_dir(path, paths.TRAINED_ADAPTER, noun="adapter directory", field="--adapter")
+    if not any((folder / "adapter_config.json").is_file() for folder in (path, path / "adapter")):
+        raise GradienceError(
+            "not a PEFT adapter folder (no adapter_config.json here or in adapter/); give "
+            + paths.TRAINED_ADAPTER,
+            path=path,
+            field="--adapter",
+        )

@@ -67,7 +67,17 @@ def load_adapter(model: PreTrainedModel, adapter_dir: Path) -> PreTrainedModel:
     from gradience.models import quiet_peft_deprecations
 
     with quiet_peft_deprecations():
-        return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+        try:
+            return PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+        except RuntimeError as exc:  # torch's load_state_dict: the adapter's shapes are not ours
+            if "size mismatch" not in str(exc):
+                raise
+            first = next(line for line in str(exc).splitlines() if "size mismatch" in line)
+            raise GradienceError(
+                f"was trained on another base model ({first.strip().rstrip('.')}); give an "
+                "adapter trained on the config's model.name",
+                path=adapter_dir,
+            ) from None
 
 
 def evaluate_adapter(
