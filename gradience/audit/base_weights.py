@@ -25,20 +25,14 @@ from gradience.audit.tensors import (
     _SAFETENSORS_DTYPES,
     SafetensorsStream,
     TensorInfo,
-    bf16_bits_to_float32,
+    decode,
 )
 from gradience.errors import GradienceError
+from gradience.io import cache_root
 
 INDEX_NAME = "model.safetensors.index.json"
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[A-Za-z0-9][\w.-]*)?$")
 _FIELD = "--base"
-
-
-def cache_root() -> Path:
-    """``$GRADIENCE_CACHE`` or ``~/.cache/gradience``: the rule of
-    :func:`gradience.models.embedded.cache_root`, restated here because that module imports
-    torch, which the audit never needs."""
-    return Path(os.environ.get("GRADIENCE_CACHE") or Path.home() / ".cache" / "gradience")
 
 
 def resolve_base(name: str) -> Path:
@@ -188,27 +182,17 @@ class _DigestStream(SafetensorsStream):
         return super()._check_entry(key, meta, data_start, size)
 
     def read_with_digest(self, key: str) -> tuple[np.ndarray, str]:
-        info, begin, end = self._entries[key]
+        info = self._entries[key][0]
         if info.dtype not in _SAFETENSORS_DTYPES:
             raise self._fail(
                 f"dtype {info.dtype} is not a float weight (a quantized base?); give the "
                 f"unquantized base model (one of {sorted(_SAFETENSORS_DTYPES)})",
                 key,
             )
-        chunks, offset = [], begin
-        while offset < end:
-            chunk = os.pread(self._file.fileno(), end - offset, offset)
-            if not chunk:
-                raise self._fail("file ends inside this tensor (truncated?)", key)
-            chunks.append(chunk)
-            offset += len(chunk)
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
+        info, data = self.read_bytes(key)
         digest = hashlib.sha256(f"{info.dtype}{list(info.shape)}".encode())
         digest.update(data)
-        raw = np.frombuffer(data, dtype=_SAFETENSORS_DTYPES[info.dtype][1]).reshape(info.shape)
-        if info.dtype == "BF16":
-            raw = bf16_bits_to_float32(raw)
-        return raw.astype(np.float64), digest.hexdigest()
+        return decode(info, data).astype(np.float64), digest.hexdigest()
 
 
 class BaseWeights:

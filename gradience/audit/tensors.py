@@ -117,7 +117,12 @@ class SafetensorsStream:
         return {key: info for key, (info, _, _) in self._entries.items()}
 
     def read(self, key: str, order: str = "C") -> np.ndarray:
-        """One tensor as a float64 array in the given memory order (exact for every dtype).
+        """One tensor as a float64 array in the given memory order (exact for every dtype)."""
+        info, data = self.read_bytes(key)
+        return decode(info, data).astype(np.float64, order=order)
+
+    def read_bytes(self, key: str) -> tuple[TensorInfo, bytes]:
+        """One tensor's stored bytes, as the file holds them.
 
         Positioned reads (``os.pread``) keep no shared file offset, so threads may read
         different tensors at once.
@@ -130,14 +135,16 @@ class SafetensorsStream:
                 raise self._fail("file ends inside this tensor (truncated?)", key)
             chunks.append(chunk)
             offset += len(chunk)
-        data = chunks[0] if len(chunks) == 1 else b"".join(chunks)
-        raw = np.frombuffer(data, dtype=_SAFETENSORS_DTYPES[info.dtype][1]).reshape(info.shape)
-        if info.dtype == "BF16":
-            raw = bf16_bits_to_float32(raw)
-        return raw.astype(np.float64, order=order)
+        return info, chunks[0] if len(chunks) == 1 else b"".join(chunks)
 
     def close(self) -> None:
         self._file.close()
+
+
+def decode(info: TensorInfo, data: bytes) -> np.ndarray:
+    """A tensor's stored bytes as an array of its dtype (bf16 widened to float32, exactly)."""
+    raw = np.frombuffer(data, dtype=_SAFETENSORS_DTYPES[info.dtype][1]).reshape(info.shape)
+    return bf16_bits_to_float32(raw) if info.dtype == "BF16" else raw
 
 
 class TorchPickleFile:

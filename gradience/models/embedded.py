@@ -64,6 +64,7 @@ import torch
 
 from gradience.config import hash_data
 from gradience.errors import GradienceError
+from gradience.io import cache_root
 from gradience.models.corpus import vocabulary_texts
 from gradience.models.vocabulary import (
     BOS,
@@ -114,11 +115,6 @@ class PretrainRecipe:
 
 
 DEFAULT_RECIPE = PretrainRecipe()
-
-
-def cache_root() -> Path:
-    """``$GRADIENCE_CACHE`` or ``~/.cache/gradience``."""
-    return Path(os.environ.get("GRADIENCE_CACHE") or Path.home() / ".cache" / "gradience")
 
 
 def embedded_vocabulary() -> list[str]:
