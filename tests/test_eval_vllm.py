@@ -267,9 +267,9 @@ def test_the_vllm_branch_scores_the_export_of_the_in_memory_adapter(tmp_path, mo
     _, tokenizer = load_model_and_tokenizer(cfg)
     served: list[tuple[Path | None, dict[str, Any] | None]] = []
 
-    def stand_in(
-        run_cfg, prompt_ids, *, adapter, tokenizer, max_new_tokens, stop_strings, stop_at_answer
-    ):
+    def stand_in(run_cfg, prompt_ids, *, adapter, tokenizer):
+        max_new_tokens, stop_strings = run_cfg.task.max_new_tokens, run_cfg.task.stop_strings
+        stop_at_answer = True  # as vllm_generate: the HF path's cut after the answer line
         model, _ = load_model_and_tokenizer(run_cfg)
         config = None
         if adapter is not None:

@@ -304,9 +304,6 @@ def generate_with_vllm(
             prompt_ids,
             adapter=adapter,
             tokenizer=tokenizer,
-            max_new_tokens=cfg.task.max_new_tokens,
-            stop_strings=cfg.task.stop_strings,
-            stop_at_answer=True,
         )
 
     if not adapted:

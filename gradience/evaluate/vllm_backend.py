@@ -295,13 +295,14 @@ def vllm_generate(
     *,
     adapter: ServedAdapter | None,
     tokenizer: Any,
-    max_new_tokens: int,
-    stop_strings: Sequence[str],
-    stop_at_answer: bool,
 ) -> list[Generation]:
     """Greedy completions of the base model with ``adapter`` (None: the base alone), one
-    :class:`~gradience.evaluate.generate.Generation` per prompt, in the prompts' order."""
+    :class:`~gradience.evaluate.generate.Generation` per prompt, in the prompts' order, under
+    the HF path's rule: ``task.max_new_tokens``, ``task.stop_strings``, cut after the answer
+    line."""
     from gradience.evaluate.generate import finish_completion
+
+    stop_strings = cfg.task.stop_strings
 
     vllm = require_vllm()
     from vllm.lora.request import LoRARequest
@@ -309,7 +310,7 @@ def vllm_generate(
     engine = awake_engine(engine_settings(cfg, adapter.rank if adapter else None), cfg.model)
     params = vllm.SamplingParams(
         temperature=0.0,
-        max_tokens=max_new_tokens,
+        max_tokens=cfg.task.max_new_tokens,
         stop=[s for s in stop_strings if s] or None,
         skip_special_tokens=True,
     )
@@ -328,7 +329,7 @@ def vllm_generate(
         _put_to_sleep(engine)
     return [
         finish_completion(
-            tokenizer, list(output.outputs[0].token_ids), stop_strings, stop_at_answer
+            tokenizer, list(output.outputs[0].token_ids), stop_strings, stop_at_answer=True
         )
         for output in outputs
     ]

@@ -130,9 +130,6 @@ def _run(
             ids,
             adapter=adapter,
             tokenizer=tokenizer,
-            max_new_tokens=cfg.task.max_new_tokens,
-            stop_strings=cfg.task.stop_strings,
-            stop_at_answer=True,
         )
 
     try:
