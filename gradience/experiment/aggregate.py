@@ -68,9 +68,7 @@ def seed_states(ctx: plan.RunContext, seed: int) -> tuple[dict[str, VariantState
         if variant in plan.CROSS_SEED:
             states[variant] = crossseed_state(ctx, seed, variant)
             continue
-        # a model-allocated variant's job inputs: per_layer's ranks (they set the budget)
-        source = "per_layer" if variant in plan.MODEL_ALLOCATED else variant
-        path = plan.ranks_file(ctx.run_dir, seed, source)
+        path = plan.ranks_file(ctx.run_dir, seed, plan.audit_ranks_of(variant))
         if not path.is_file():
             states[variant] = VariantState("pending", f"no rank pattern yet ({path.name})")
             continue

@@ -116,11 +116,8 @@ def variant_job(
     if not audit.ok or audit.ranks is None:
         return skipped(sink, job, f"not run: {audit.job} {audit.status}")
     if variant not in plan.CROSS_SEED:
-        # a model-allocated variant's job fits its own ranks to per_layer's budget
-        own = "per_layer" if variant in plan.MODEL_ALLOCATED else variant
-        return train_eval_job(
-            ctx, seed, variant, audit.ranks[own], task_data, sink, audit.eval_batch_size
-        )
+        ranks = audit.ranks[plan.audit_ranks_of(variant)]
+        return train_eval_job(ctx, seed, variant, ranks, task_data, sink, audit.eval_batch_size)
     source_seed = plan.rank_source_seed(ctx.cfg, seed, variant)
     source_job = plan.job_id(source_seed, plan.AUDIT)
     if source is None or source.job != source_job:
@@ -169,9 +166,8 @@ def train_eval_job(
     inputs = variant_inputs_hash(ctx, seed, variant, ranks, rank_source)
     previous = read_record(folder)
     own_ranks = plan.ranks_file(ctx.run_dir, seed, variant)
-    writes_ranks = rank_source is not None or variant in plan.MODEL_ALLOCATED
     if train_eval_finished(previous, inputs, folder, gated_probe(ctx, variant)) and (
-        not writes_ranks or own_ranks.is_file()
+        variant not in plan.OWN_RANKS or own_ranks.is_file()
     ):
         outcome = reused_train_eval(job, folder, previous)
         emit(sink, job, "finished", status="reused", exact_match=outcome.exact_match)
