@@ -399,8 +399,8 @@ def test_probe_gate_stops_the_seed_before_any_variant_trains(tmp_path: Path, cap
 
 def test_ray_executor_matches_the_local_executor(local_run, tmp_path: Path) -> None:
     ray = pytest.importorskip("ray")
-    # One seed of the local run's config: every trained job is a fresh Ray worker process
-    # (max_calls=1), so each seed costs ~6 process start-ups; one seed shows the same bits.
+    # One seed of the local run's config: every job that takes a GPU is a fresh Ray worker
+    # process (max_calls=1), so each seed costs ~8 process start-ups; one seed shows the same bits.
     cfg = tiny_config(variants=ONE_SEED)
     cfg.train.seeds = [42]
     # Two fake GPUs on this CPU-only machine: Ray hands each train+eval job one of them (its

@@ -32,17 +32,57 @@ def reduced_config() -> ExperimentConfig:
     return cfg
 
 
-def test_a_cuda_config_never_falls_back_to_cpu_on_a_gpu_less_cluster(tmp_path: Path) -> None:
-    cfg = reduced_config()
-    cfg.env.device = "cuda"
+@pytest.fixture(scope="class")
+def local_ray():
+    """One local Ray for the checks that need a cluster but run no job on it (~10 s a start)."""
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     try:
-        with pytest.raises(GradienceError, match="offers no GPU") as error:
-            run_mechanism_test(cfg, tmp_path, executor="ray")
+        yield ray
     finally:
         ray.shutdown()
-    assert error.value.field == "env.device"
-    assert not (tmp_path / "seed_42" / "probe").exists()  # stopped before any job ran
+
+
+@pytest.mark.usefixtures("local_ray")
+class TestBeforeAnyJobRuns:
+    def test_a_cuda_config_never_falls_back_to_cpu_on_a_gpu_less_cluster(
+        self, tmp_path: Path
+    ) -> None:
+        cfg = reduced_config()
+        cfg.env.device = "cuda"
+        with pytest.raises(GradienceError, match="offers no GPU") as error:
+            run_mechanism_test(cfg, tmp_path, executor="ray")
+        assert error.value.field == "env.device"
+        assert not (tmp_path / "seed_42" / "probe").exists()  # stopped before any job ran
+
+    def test_auto_sends_files_through_the_object_store_when_a_node_cannot_see_the_run_folder(
+        self, tmp_path: Path
+    ) -> None:
+        from gradience.experiment import plan
+        from gradience.experiment.executors import run_dir_is_shared
+
+        cfg = reduced_config()
+        (tmp_path / "config.yaml").write_text("{}")
+        assert run_dir_is_shared(plan.RunContext(cfg, tmp_path))
+        assert not run_dir_is_shared(plan.RunContext(cfg, tmp_path / "elsewhere"))
+
+    def test_a_node_that_cannot_see_a_shared_run_folder_stops_the_run(self, tmp_path: Path) -> None:
+        from gradience.experiment import plan
+        from gradience.experiment.executors import run_dir_is_shared
+
+        cfg = reduced_config()
+        cfg.env.ray_run_dir = "shared"
+        with pytest.raises(GradienceError, match="cannot see the run folder") as error:
+            run_dir_is_shared(plan.RunContext(cfg, tmp_path / "elsewhere"))
+        assert error.value.field == "env.ray_run_dir"
+
+
+def test_only_a_gpu_task_gets_a_fresh_worker_process() -> None:
+    from gradience.experiment.executors import task_options
+
+    gpu = {"num_gpus": 1, "num_cpus": 2, "runtime_env": {"env_vars": {"A": "1"}}}
+    assert task_options(gpu) == {**gpu, "max_calls": 1}
+    assert task_options({"num_cpus": 2}) == {"num_cpus": 2}  # Ray's default: reused
+    assert "max_calls" not in gpu  # the caller's options are left as they were
 
 
 def test_a_two_node_cluster_without_a_shared_disk_completes_the_reduced_config(
@@ -73,6 +113,8 @@ def test_a_two_node_cluster_without_a_shared_disk_completes_the_reduced_config(
     nodes = sorted((tmp_path / "scratch").glob("gradience-node-*"))
     assert len(nodes) == 2  # both nodes worked, each in its own scratch folder
     assert not [p for node in nodes for p in node.iterdir()]  # and removed it afterwards
+    pids = [read_record(run_dir / "seed_42" / v).worker["pid"] for v in trained]
+    assert len(set(pids)) < len(pids)  # CPU-only tasks: a worker took more than one job
     for variant in trained:
         folder = run_dir / "seed_42" / variant
         record = read_record(folder)
@@ -82,37 +124,6 @@ def test_a_two_node_cluster_without_a_shared_disk_completes_the_reduced_config(
         assert result.get("adapter_dir", str(folder / "adapter")) == str(folder / "adapter")
     assert (run_dir / "seed_42" / "probe" / "audit.json").is_file()
     assert not list(run_dir.rglob("*.tmp"))
-
-
-def test_auto_sends_files_through_the_object_store_when_a_node_cannot_see_the_run_folder(
-    tmp_path: Path,
-) -> None:
-    from gradience.experiment import plan
-    from gradience.experiment.executors import run_dir_is_shared
-
-    cfg = reduced_config()
-    (tmp_path / "config.yaml").write_text("{}")
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
-    try:
-        assert run_dir_is_shared(plan.RunContext(cfg, tmp_path))
-        assert not run_dir_is_shared(plan.RunContext(cfg, tmp_path / "elsewhere"))
-    finally:
-        ray.shutdown()
-
-
-def test_a_node_that_cannot_see_a_shared_run_folder_stops_the_run(tmp_path: Path) -> None:
-    from gradience.experiment import plan
-    from gradience.experiment.executors import run_dir_is_shared
-
-    cfg = reduced_config()
-    cfg.env.ray_run_dir = "shared"
-    ray.init(num_cpus=1, include_dashboard=False, log_to_driver=False)
-    try:
-        with pytest.raises(GradienceError, match="cannot see the run folder") as error:
-            run_dir_is_shared(plan.RunContext(cfg, tmp_path / "elsewhere"))
-    finally:
-        ray.shutdown()
-    assert error.value.field == "env.ray_run_dir"
 
 
 # ---------------------------------------------------------------- the task's GPU, env and CPUs

@@ -6,9 +6,12 @@ progress view). ``ray`` submits every job as a task, wiring each seed's DAG with
 refs (probe -> audit -> variants, and a cross-seed truncation also on the audit of the seed
 its ranks come from); Ray decides where and when each runs:
 
-* every train+eval task takes one GPU when the cluster has GPUs, and runs in a fresh worker
-  process (``max_calls=1``): a reused worker would keep the previous job's CUDA context and
-  memory, and could take a job meant for another GPU;
+* every train+eval task takes one GPU when the cluster has GPUs, and then runs in a fresh
+  worker process (``max_calls=1``): a reused worker would keep the previous job's CUDA context
+  and memory, and could take a job meant for another GPU. A CPU-only task has none of these,
+  so its worker is reused and the next job skips the ~7 s of importing torch, transformers
+  and PEFT (the jobs are as independent as on the local executor, which runs them all in
+  one process: same seeds, same bits);
 * a config that asks for CUDA never falls back to CPU because the cluster has no GPU (yet,
   on an autoscaling cluster): the run stops before submitting anything;
 * jobs reach the run folder one of two ways (``env.ray_run_dir``): on a disk every node
@@ -195,17 +198,12 @@ def start_ray(
 def submit_jobs(
     ctx: plan.RunContext, task_data: TaskData, train_eval: dict[str, Any]
 ) -> dict[str, Any]:
-    """Every seed's DAG as Ray tasks; dependencies are object refs, nothing else.
-
-    ``max_calls=1``: each train+eval job gets a fresh worker process, so nothing (a CUDA
-    context, a model, a GPU assignment) carries over from one job to the next.
-    """
+    """Every seed's DAG as Ray tasks; dependencies are object refs, nothing else."""
     import ray
 
-    # the decorator form: .options() cannot set max_calls (Ray refuses it there)
-    probe_task = ray.remote(max_calls=1, **train_eval)(probe_job)
+    probe_task = ray.remote(**task_options(train_eval))(probe_job)
     audit_task = ray.remote(**audit_options(train_eval))(audit_job)
-    variant_task = ray.remote(max_calls=1, **train_eval)(variant_job)
+    variant_task = ray.remote(**task_options(train_eval))(variant_job)
     data_ref = ray.put(task_data)
     probes = {seed: probe_task.remote(ctx, seed, data_ref) for seed in ctx.cfg.train.seeds}
     audits = {seed: audit_task.remote(ctx, seed, probes[seed]) for seed in ctx.cfg.train.seeds}
@@ -219,6 +217,16 @@ def submit_jobs(
                 ctx, seed, variant, audits[seed], data_ref, None, source
             )
     return refs
+
+
+def task_options(train_eval: dict[str, Any]) -> dict[str, Any]:
+    """A train+eval task's options: on a GPU, a fresh worker process per job (``max_calls=1``),
+    so nothing (a CUDA context, a model, a GPU assignment) carries over to the next job; on
+    CPUs alone, Ray's default (the worker is reused). Ray takes max_calls only in the
+    decorator form (``.options()`` refuses it)."""
+    if train_eval.get("num_gpus", 0) > 0:
+        return {**train_eval, "max_calls": 1}
+    return dict(train_eval)
 
 
 def audit_options(train_eval: dict[str, Any]) -> dict[str, Any]:
@@ -245,9 +253,9 @@ def submit_shipped_jobs(
 
     from gradience.experiment import shipping
 
-    probe_task = ray.remote(max_calls=1, **train_eval)(shipping.shipped_probe)
+    probe_task = ray.remote(**task_options(train_eval))(shipping.shipped_probe)
     audit_task = ray.remote(**audit_options(train_eval))(shipping.shipped_audit)
-    variant_task = ray.remote(max_calls=1, **train_eval)(shipping.shipped_variant)
+    variant_task = ray.remote(**task_options(train_eval))(shipping.shipped_variant)
     data_ref = ray.put(task_data)
     probes, audits = {}, {}
     for seed in ctx.cfg.train.seeds:

@@ -37,14 +37,18 @@ def reuse_base_model(cfg: ExperimentConfig, executor: str) -> bool:
     ``env.reuse_base_model`` null: yes with the local executor when it is safe, i.e. no
     ``model.device_map`` (accelerate's dispatch hooks) and no gradient checkpointing (which
     rewires the model's modules); true: insist (an error where it is not possible); false: no.
-    Ray jobs run in fresh worker processes (``max_calls=1``): there is nothing to reuse.
+    Not on Ray: a GPU job runs in a fresh worker process (``max_calls=1``), so there is nothing
+    to reuse, and a reused CPU worker takes whichever job Ray sends it next.
     """
     setting = cfg.env.reuse_base_model
     if setting is False:
         return False
     blocker = None
     if executor != "local":
-        blocker = f"the {executor} executor runs every job in a fresh worker process"
+        blocker = (
+            f"the {executor} executor gives every GPU job a fresh worker process and keeps no "
+            "model between jobs"
+        )
     elif cfg.model.device_map is not None:
         blocker = "model.device_map places the model with accelerate hooks"
     elif cfg.train.gradient_checkpointing:
