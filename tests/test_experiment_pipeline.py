@@ -22,7 +22,6 @@ from gradience.experiment.records import JobRecord, read_record
 from gradience.io import read_model
 from gradience.ranks import lora_params
 from gradience.results import (
-    CROSS_SEED_VARIANTS,
     AggregatedResults,
     AuditResult,
     EvalResult,
@@ -45,8 +44,8 @@ VARIANTS = [
     "probe_truncated_shuffled",
 ]
 TRAINED = [v for v in VARIANTS if "truncated" not in v]
-#: Everything but the truncations cut to another seed's ranks: what one seed can run.
-ONE_SEED = [v for v in VARIANTS if v not in CROSS_SEED_VARIANTS]
+#: One variant of each kind of job, for the Ray run (one seed, fake GPUs).
+RAY_VARIANTS = ["probe", "per_layer", "per_layer_shuffled_within_type", "per_layer_truncated"]
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
 
@@ -399,9 +398,11 @@ def test_probe_gate_stops_the_seed_before_any_variant_trains(tmp_path: Path, cap
 
 def test_ray_executor_matches_the_local_executor(local_run, tmp_path: Path) -> None:
     ray = pytest.importorskip("ray")
-    # One seed of the local run's config: every job that takes a GPU is a fresh Ray worker
-    # process (max_calls=1), so each seed costs ~8 process start-ups; one seed shows the same bits.
-    cfg = tiny_config(variants=ONE_SEED)
+    # One seed and one variant of each kind of job (the probe, an audit-ranked and a shuffled
+    # variant, a truncation of the probe): every job that takes a GPU is a fresh Ray worker
+    # process (max_calls=1, ~10 s each here). The other variants run the same job functions,
+    # and the CPU-only two-node test in test_ray_executor.py runs its own set on Ray.
+    cfg = tiny_config(variants=RAY_VARIANTS)
     cfg.train.seeds = [42]
     # Two fake GPUs on this CPU-only machine: Ray hands each train+eval job one of them (its
     # CUDA_VISIBLE_DEVICES, recorded in job.json); torch still sees no CUDA and runs on CPU.
@@ -411,10 +412,10 @@ def test_ray_executor_matches_the_local_executor(local_run, tmp_path: Path) -> N
     finally:
         ray.shutdown()
     assert run.complete
-    workers = [read_record(tmp_path / "seed_42" / v).worker for v in TRAINED]
+    workers = [read_record(tmp_path / "seed_42" / v).worker for v in RAY_VARIANTS]
     assert all(w["cuda_visible_devices"] in ("0", "1") for w in workers)
     assert len({w["pid"] for w in workers}) == len(workers)  # no worker ran two jobs
-    assert list(run.results.variants) == ONE_SEED
+    assert list(run.results.variants) == RAY_VARIANTS
     for variant, aggregate in run.results.variants.items():
         assert aggregate.runs == {"42": local_run.results.variants[variant].runs["42"]}
     assert run.results.base_model == local_run.results.base_model
@@ -422,10 +423,10 @@ def test_ray_executor_matches_the_local_executor(local_run, tmp_path: Path) -> N
     local_digests = {
         job: r.output_digest
         for job, r in records(local_run.run_dir).items()
-        if job.startswith("seed_42/") and job.split("/")[1] not in CROSS_SEED_VARIANTS
+        if job.startswith("seed_42/") and job.split("/")[1] in [*RAY_VARIANTS, "ranks"]
     }
     assert {job: r.output_digest for job, r in records(tmp_path).items()} == local_digests
-    for variant in ONE_SEED:
+    for variant in RAY_VARIANTS:
         assert ranks_of(tmp_path, 42, variant) == ranks_of(local_run.run_dir, 42, variant)
         predictions = Path("seed_42") / variant / "predictions.jsonl"
         assert (tmp_path / predictions).read_bytes() == (
