@@ -80,6 +80,7 @@ bench: setup
 	$(BIN)/python benchmarks/experiment_cost.py
 	$(BIN)/python benchmarks/callback_overhead.py
 	$(BIN)/python benchmarks/compress_speed.py
+	$(BIN)/python benchmarks/job_overhead.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .ruff_cache

@@ -63,6 +63,7 @@ from gradience.experiment.ray_setup import (
     task_runtime_env,
 )
 from gradience.experiment.records import JobProgress, JobRecord, read_record
+from gradience.heap import collections_skip_older_objects
 
 if TYPE_CHECKING:
     from gradience.tasks import TaskData
@@ -107,18 +108,19 @@ def run_schedule(
     probes: dict[int, JobOutcome] = {}
     audits: dict[int, JobOutcome] = {}
     outcomes: dict[str, JobOutcome] = {}
-    for seed, name in schedule:
-        if name == plan.PROBE:
-            outcome = probes[seed] = probe_job(ctx, seed, task_data, sink)
-        elif name == plan.AUDIT:
-            outcome = audits[seed] = audit_job(ctx, seed, probes[seed], sink)
-        else:
-            source = audits.get(plan.rank_source_seed(ctx.cfg, seed, name))
-            outcome = variant_job(ctx, seed, name, audits[seed], task_data, sink, source)
-        outcomes[outcome.job] = outcome
-        left[seed] -= 1
-        if left[seed] == 0:
-            write_seed_bench(ctx, seed)
+    with collections_skip_older_objects():  # one full collection for the run, not one a job
+        for seed, name in schedule:
+            if name == plan.PROBE:
+                outcome = probes[seed] = probe_job(ctx, seed, task_data, sink)
+            elif name == plan.AUDIT:
+                outcome = audits[seed] = audit_job(ctx, seed, probes[seed], sink)
+            else:
+                source = audits.get(plan.rank_source_seed(ctx.cfg, seed, name))
+                outcome = variant_job(ctx, seed, name, audits[seed], task_data, sink, source)
+            outcomes[outcome.job] = outcome
+            left[seed] -= 1
+            if left[seed] == 0:
+                write_seed_bench(ctx, seed)
     return outcomes
 
 

@@ -32,6 +32,7 @@ from gradience.experiment.trained import (
     train,
     truncate_probe,
 )
+from gradience.heap import collections_skip_older_objects
 from gradience.io import read_model, write_model
 from gradience.results import EvalResult, RankPattern
 
@@ -144,6 +145,7 @@ def skipped(sink: EventSink | None, job: str, message: str) -> JobOutcome:
     return outcome
 
 
+@collections_skip_older_objects()
 def train_eval_job(
     ctx: plan.RunContext,
     seed: int,

@@ -110,10 +110,11 @@ def release_memory() -> None:
 
     accelerate leaves reference cycles between a Trainer, its optimizer and the model, so
     ``del`` alone frees nothing until the next full collection: over a long local run the
-    GPU would fill up late. Collect now, then return CUDA's cached blocks.
+    GPU would fill up late. Collect now, then return CUDA's cached blocks. Inside a job the
+    collection walks only the objects the job made (:mod:`gradience.heap`).
     """
-    import gc
+    from gradience.heap import collect
 
-    gc.collect()
+    collect()
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
