@@ -35,9 +35,7 @@ from gradience.experiment.pipeline import run_mechanism_test
 def parse_args(argv: list[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("config", help="experiment YAML")
-    parser.add_argument(
-        "--steps", help="comma-separated step counts, e.g. 150,200,250"
-    )
+    parser.add_argument("--steps", help="comma-separated step counts, e.g. 150,200,250")
     parser.add_argument("--seeds", help="comma-separated seeds (default: the config's)")
     parser.add_argument(
         "--output", default="experiments/learning_curve", help="folder for the runs and files"
@@ -149,7 +147,9 @@ def plot(curve: dict[int, dict[str, list[float]]], metric: str, chosen: int, pat
             means = [statistics.mean(curve[n][v]) for n in xs]
             sds = [statistics.stdev(curve[n][v]) if len(curve[n][v]) > 1 else 0.0 for n in xs]
             ax.errorbar(xs, means, yerr=sds, marker="o", capsize=3, label=v)
-        ax.axvline(chosen, color="grey", linestyle="--", linewidth=1, label=f"config: {chosen} steps")
+        ax.axvline(
+            chosen, color="grey", linestyle="--", linewidth=1, label=f"config: {chosen} steps"
+        )
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("training steps (each point a full run with its own schedule)")
         ax.grid(alpha=0.3)

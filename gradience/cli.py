@@ -33,7 +33,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="the controlled experiment: run it, watch it, analyse it",
         description="probe vs per_layer vs per_layer_shuffled over several seeds.",
     )
-    mechanism_commands = group.add_subparsers(dest="mechanism_command", metavar="COMMAND", required=True)
+    mechanism_commands = group.add_subparsers(
+        dest="mechanism_command", metavar="COMMAND", required=True
+    )
     mechanism.register(mechanism_commands)
     analysis.register(mechanism_commands)
     return parser

@@ -27,11 +27,11 @@ M = TypeVar("M", bound=BaseModel)
 _TEMP_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
 
 
-
 def cache_root() -> Path:
     """``$GRADIENCE_CACHE`` or ``~/.cache/gradience``: where every cache of gradience lives
     (the embedded model, unpacked GGUF models, the intruder audit's base SVDs)."""
     return Path(os.environ.get("GRADIENCE_CACHE") or Path.home() / ".cache" / "gradience")
+
 
 def write_text_atomic(path: str | Path, text: str) -> Path:
     """Write ``text`` (UTF-8) to ``path`` via a temp file in the same folder and an atomic rename."""

@@ -161,7 +161,9 @@ def test_mechanism_run_stops_before_training_when_the_disk_is_too_small(
     code = main(["mechanism", "run", "--config", str(TINY), "--output", str(tmp_path / "run")])
     captured = capsys.readouterr()
     assert code == 2
-    assert "[estimate] largest job" in captured.out  # the numbers on stdout, the error alone on stderr
+    assert (
+        "[estimate] largest job" in captured.out
+    )  # the numbers on stdout, the error alone on stderr
     assert "env.output_base_dir: the adapters need" in captured.err
     assert "0.0 MiB free" in captured.err
     assert not (tmp_path / "run").exists()  # nothing trained, nothing written

@@ -72,7 +72,9 @@ def test_flattened_batch_has_the_padded_batch_loss(setup, attention):
     padded = CompletionCollator(pad_token_id=tokenizer.pad_token_id)(features)
     flat = DataCollatorWithFlattening(separator_id=IGNORE_INDEX)(features)
     assert flat["input_ids"].shape[0] == 1 and "attention_mask" not in flat
-    assert int((flat["labels"] != IGNORE_INDEX).sum()) == int((padded["labels"] != IGNORE_INDEX).sum())
+    assert int((flat["labels"] != IGNORE_INDEX).sum()) == int(
+        (padded["labels"] != IGNORE_INDEX).sum()
+    )
     with torch.no_grad():
         loss_padded = model(**padded).loss
         loss_flat = model(**flat).loss

@@ -56,6 +56,8 @@ def audit_ranks_of(variant: str) -> str:
     """The audit's rank pattern a (same-seed) variant's job takes as its input: its own, or
     per_layer's for a model-allocated variant (they set the budget it allocates to)."""
     return "per_layer" if variant in MODEL_ALLOCATED else variant
+
+
 _PLAIN_NAME = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.+-]*$")
 
 

@@ -28,15 +28,17 @@ from gradience.tasks.arithmetic import ITEMS, NAMES, OPERATIONS, TEMPLATES, samp
 FORM_WEIGHTS = {"qa": 0.1, "equation": 0.4, "narrative": 0.2, "question": 0.3}
 _OP_WORDS = {"+": "plus", "-": "minus", "*": "times"}
 #: How a narrative ends: the task's question sentence becomes a statement of the equation.
-_CLOSINGS = {"+": " That makes {eq} {item}.", "-": " That leaves {eq} {item}.", "*": " That makes {eq} {item}."}
+_CLOSINGS = {
+    "+": " That makes {eq} {item}.",
+    "-": " That leaves {eq} {item}.",
+    "*": " That makes {eq} {item}.",
+}
 
 
 def narrative_templates(op: str) -> list[str]:
     """The task's templates for ``op`` as statements: the closing "How many ...?" question
     replaced by the equation ("Mia has 23 shells and finds 9 more. That makes 23+9=32 shells.")."""
-    return [
-        template[: template.rindex(" How many")] + _CLOSINGS[op] for template in TEMPLATES[op]
-    ]
+    return [template[: template.rindex(" How many")] + _CLOSINGS[op] for template in TEMPLATES[op]]
 
 
 def _result(a: int, b: int, op: str) -> int:
@@ -76,5 +78,7 @@ def vocabulary_texts() -> list[str]:
     for op in OPERATIONS:
         for template in narrative_templates(op):
             for item in ITEMS:
-                texts.append(template.format(name="Tom", other="Anna", item=item, a=1, b=2, eq="1+2=3"))
+                texts.append(
+                    template.format(name="Tom", other="Anna", item=item, a=1, b=2, eq="1+2=3")
+                )
     return texts
