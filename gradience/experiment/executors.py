@@ -53,7 +53,8 @@ from typing import TYPE_CHECKING, Any
 
 from gradience.errors import GradienceError
 from gradience.experiment import plan
-from gradience.experiment.jobs import EventSink, JobOutcome, audit_job, emit, probe_job, variant_job
+from gradience.experiment.audit_job import audit_job
+from gradience.experiment.jobs import EventSink, JobOutcome, emit, probe_job, variant_job
 from gradience.experiment.ray_setup import (
     AUDIT_CPUS,
     check_task_fits,

@@ -1,4 +1,5 @@
-"""The three kinds of job of a mechanism test, shared by every executor.
+"""The jobs of a mechanism test, shared by every executor: the probe and the variants here
+(train + eval), the audit between them in :mod:`gradience.experiment.audit_job`.
 
 Each job takes its upstream job's :class:`JobOutcome` (the local executor passes it directly,
 Ray passes it through an object ref), does its work in its own folder, and returns an
@@ -34,7 +35,7 @@ from gradience.experiment.trained import (
 )
 from gradience.heap import collections_skip_older_objects
 from gradience.io import read_model, write_model
-from gradience.results import EvalResult, RankPattern
+from gradience.results import EvalResult
 
 if TYPE_CHECKING:
     from gradience.evaluate.batch_size import BatchSize
@@ -369,51 +370,7 @@ def remove_outputs(folder: Path) -> None:
     shutil.rmtree(folder / GATE_DIR, ignore_errors=True)
 
 
-# ---------------------------------------------------------------- gate, audit, ranks
-
-
-def audit_job(
-    ctx: plan.RunContext, seed: int, probe: JobOutcome, sink: EventSink | None = None
-) -> JobOutcome:
-    """Probe gate, then audit the probe adapter and write every variant's rank pattern."""
-    job = plan.job_id(seed, plan.AUDIT)
-    if not probe.ok:
-        outcome = JobOutcome(job, "skipped", f"not run: {probe.job} {probe.status}")
-        emit(sink, job, "finished", status=outcome.status, message=outcome.message)
-        return outcome
-    gate = gate_message(ctx, seed, probe.gate_score)
-    if gate is not None:
-        emit(sink, job, "message", text=gate)
-        emit(sink, job, "finished", status="gated", message=gate)
-        return JobOutcome(job, "gated", gate)
-    folder = plan.job_dir(ctx.run_dir, seed, plan.AUDIT)
-    inputs = plan.audit_inputs_hash(ctx.cfg, seed, probe.output_digest)
-    previous = read_record(folder)
-    variants = plan.audit_variants(ctx.cfg)
-    if audit_finished(previous, inputs, ctx, seed, variants):
-        ranks = {
-            v: read_model(plan.ranks_file(ctx.run_dir, seed, v), RankPattern).ranks
-            for v in variants
-        }
-        emit(sink, job, "finished", status="reused")
-        return JobOutcome(job, "reused", ranks=ranks, eval_batch_size=probe.eval_batch_size)
-    fresh = JobRecord(job=job, kind="audit", seed=seed, inputs_hash=inputs, status="running")
-    clock = JobClock.start(folder, previous, fresh, keep_phases=False)
-    emit(sink, job, "started", attempt=clock.record.attempts)
-    try:
-        patterns = audit_and_rank(ctx, seed)
-        clock.finish()
-    except Exception as error:  # noqa: BLE001 - recorded, shown, and the run goes on
-        record = clock.fail(error)
-        emit(sink, job, "finished", status="failed", message=record.error)
-        return JobOutcome(job, "failed", record.error)
-    emit(sink, job, "finished", status="done")
-    return JobOutcome(
-        job,
-        "done",
-        ranks={v: patterns[v].ranks for v in variants},
-        eval_batch_size=probe.eval_batch_size,
-    )
+# ---------------------------------------------------------------- the probe gate
 
 
 def gate_message(ctx: plan.RunContext, seed: int, train_score: float | None) -> str | None:
@@ -429,43 +386,4 @@ def gate_message(ctx: plan.RunContext, seed: int, train_score: float | None) -> 
         f"seed {seed}: probe exact_match on {GATE_ITEMS} training items {train_score:.3f} is "
         f"below compression.probe_gate {gate:.3f}; its variants are not trained (see the loss "
         f"curve in {plan.job_id(seed, plan.PROBE)}/train_result.json)"
-    )
-
-
-def audit_and_rank(ctx: plan.RunContext, seed: int) -> dict[str, RankPattern]:
-    """Audit the probe adapter (written to probe/audit.json), then one rank pattern per variant."""
-    from gradience.audit import audit_adapter
-    from gradience.experiment.variants import rank_patterns
-
-    c = ctx.cfg.compression
-    adapter_dir = plan.job_dir(ctx.run_dir, seed, plan.PROBE) / "adapter"
-    audit = audit_adapter(
-        adapter_dir,
-        policies=audit_policies(c.policy),
-        allowed_ranks=c.allowed_ranks,
-        margin=c.margin,
-    )
-    write_model(plan.audit_file(ctx.run_dir, seed), audit)
-    patterns = rank_patterns(audit, ctx.cfg, seed)
-    for variant, pattern in patterns.items():
-        write_model(plan.ranks_file(ctx.run_dir, seed, variant), pattern)
-    return patterns
-
-
-def audit_policies(policy: str) -> tuple[str, ...]:
-    """The audit's default policies plus the configured one (so audit.json shows them all)."""
-    from gradience.ranks import DEFAULT_POLICIES
-
-    return tuple(dict.fromkeys([*DEFAULT_POLICIES, policy]))
-
-
-def audit_finished(
-    record: JobRecord | None, inputs: str, ctx: plan.RunContext, seed: int, variants: list[str]
-) -> bool:
-    return (
-        record is not None
-        and record.status == "done"
-        and record.inputs_hash == inputs
-        and plan.audit_file(ctx.run_dir, seed).is_file()
-        and all(plan.ranks_file(ctx.run_dir, seed, v).is_file() for v in variants)
     )

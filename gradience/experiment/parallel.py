@@ -276,7 +276,8 @@ def _run_job(
     source: JobOutcome | None = None,
     ctx: plan.RunContext | None = None,
 ) -> JobOutcome:
-    from gradience.experiment.jobs import audit_job, probe_job, variant_job
+    from gradience.experiment.audit_job import audit_job
+    from gradience.experiment.jobs import probe_job, variant_job
 
     ctx = ctx or _WORKER["ctx"]  # the job's own run (its seeds) when the workers are shared
     task_data = _WORKER["task_data"]

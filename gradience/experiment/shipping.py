@@ -50,13 +50,8 @@ from typing import TYPE_CHECKING
 
 from gradience.errors import GradienceError
 from gradience.experiment import plan
-from gradience.experiment.jobs import (
-    JobOutcome,
-    audit_job,
-    probe_job,
-    remove_outputs,
-    variant_job,
-)
+from gradience.experiment.audit_job import audit_job
+from gradience.experiment.jobs import JobOutcome, probe_job, remove_outputs, variant_job
 from gradience.experiment.records import JOB_FILE
 from gradience.io import write_bytes_atomic
 
