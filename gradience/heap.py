@@ -7,11 +7,14 @@ three (``gradience.models.release_memory``, accelerate's ``free_memory`` after t
 
 :func:`collections_skip_older_objects` (around every job, and around a local run's jobs)
 moves the objects that live across jobs out of the collector's view with ``gc.freeze()``:
-once on entry, and once more at the first :func:`collect` inside, by when the first job has
-imported the training stack (the jobs import it lazily). The jobs' own reference cycles (a
-Trainer and its model) are made later, so they are still collected. On exit
-``gc.unfreeze()`` hands every frozen object back: one dropped meanwhile (the caller's, or
-whatever was alive at that first collection) is collected then, not kept.
+on entry, after one collection; and, inside a run, once more when its first job has ended,
+by when that job has imported the training stack (the jobs import it lazily) and dropped
+its own models. Only objects alive between jobs are frozen (the modules, a base model kept
+for reuse, the run's own state), never a job's model; the jobs' reference cycles (a Trainer
+and its model) are made later and are still collected. On exit ``gc.unfreeze()`` hands
+every frozen object back, so one dropped meanwhile is collected then. Dropping a frozen
+model inside (the reused base model, after a failed job) calls :func:`collect` with
+``everything=True``, which looks at the frozen objects too.
 
 Torch-free, so that the job functions can use it without importing torch when they are
 merely imported (``gradience mechanism status`` reads a run without torch).
@@ -23,7 +26,7 @@ import contextlib
 import gc
 from collections.abc import Iterator
 
-#: Nesting depth of collections_skip_older_objects, and whether its first collect() has run.
+#: Nesting depth of collections_skip_older_objects, and whether a job inside has ended.
 _SCOPE = {"depth": 0, "refrozen": False}
 
 
@@ -41,11 +44,17 @@ def collections_skip_older_objects() -> Iterator[None]:
         _SCOPE["depth"] -= 1
         if _SCOPE["depth"] == 0:
             gc.unfreeze()
+        elif not _SCOPE["refrozen"]:  # the first job of a run has ended
+            gc.collect()
+            gc.freeze()
+            _SCOPE["refrozen"] = True
 
 
-def collect() -> None:
-    """``gc.collect()``; the first one inside a scope also freezes what survives it."""
-    gc.collect()
-    if _SCOPE["depth"] and not _SCOPE["refrozen"]:
+def collect(everything: bool = False) -> None:
+    """``gc.collect()``; ``everything``: the frozen objects too (they stay frozen if alive)."""
+    if everything and _SCOPE["depth"]:
+        gc.unfreeze()
+        gc.collect()
         gc.freeze()
-        _SCOPE["refrozen"] = True
+    else:
+        gc.collect()

@@ -105,16 +105,17 @@ def quiet_peft_deprecations() -> Iterator[None]:
         yield
 
 
-def release_memory() -> None:
+def release_memory(everything: bool = False) -> None:
     """Give back the memory of models the caller has just dropped.
 
     accelerate leaves reference cycles between a Trainer, its optimizer and the model, so
     ``del`` alone frees nothing until the next full collection: over a long local run the
     GPU would fill up late. Collect now, then return CUDA's cached blocks. Inside a job the
-    collection walks only the objects the job made (:mod:`gradience.heap`).
+    collection walks only the objects made since the run's first job ended
+    (:mod:`gradience.heap`); ``everything``: a model that lived across jobs was dropped.
     """
     from gradience.heap import collect
 
-    collect()
+    collect(everything)
     if torch.cuda.is_available():
         torch.cuda.empty_cache()

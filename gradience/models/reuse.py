@@ -173,13 +173,13 @@ class BaseModelCache:
         return None
 
     def discard(self) -> None:
-        """Drop the model (and free its memory)."""
+        """Drop the model (and free its memory, though it lived across jobs: gradience.heap)."""
         from gradience.models import release_memory
 
         if self._loaded is not None:
             self._loaded = None
             self._lent = False
-            release_memory()
+            release_memory(everything=True)
 
 
 @contextlib.contextmanager
