@@ -16,8 +16,13 @@ runs' own noise. A second table fits each variant's trend instead: a least-squar
 through every seed's accuracy at every step count from --fit-from on, and the change it
 predicts over --horizon more steps (default 10) with its 95% CI (scipy.stats.linregress,
 t with n-2 degrees of freedom). "flat" there means the whole CI lies within ±--flat.
+A third table asks whether the *comparison* depends on where the runs stop: per step count,
+the mean ± sd over seeds of each variant's paired difference from --reference (default
+per_layer; same seed, same items), and the least-squares trend of those differences over
+every step count with its 95% CI per 100 steps ("moves with steps" when the CI excludes 0).
 ``--from-json FILE`` rebuilds the tables and the plot from a saved learning_curve.json
-without running anything.
+without running anything (the difference table needs its ``by_seed`` scores, which files
+written before it existed lack: it is then left out, saying so).
 """
 
 from __future__ import annotations
@@ -46,6 +51,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     )
     parser.add_argument(
         "--fit-from", type=int, default=0, help="fit the trend from this step count on"
+    )
+    parser.add_argument(
+        "--reference", default="per_layer", help="the variant the difference table subtracts from"
     )
     parser.add_argument(
         "--from-json",
@@ -130,6 +138,46 @@ def trend_table(
     return lines
 
 
+def difference_table(by_seed: dict[int, dict[str, dict[str, float]]], reference: str) -> list[str]:
+    """Per step count, ``reference`` minus each other variant, paired by seed (mean ± sd over the
+    seeds where both ran), and the trend of those differences over the step counts (per 100
+    steps, 95% CI, scipy.stats.linregress)."""
+    from scipy import stats
+
+    steps = sorted(by_seed)
+    others = [v for v in variant_names(by_seed.values()) if v != reference]
+    if not any(reference in by_seed[n] for n in steps) or not others:
+        return [f"(no paired differences: no `{reference}` or no other variant in the curve)"]
+
+    def diffs(n: int, other: str) -> list[float]:
+        ours, theirs = by_seed[n].get(reference, {}), by_seed[n].get(other, {})
+        return [ours[s] - theirs[s] for s in ours if s in theirs]
+
+    lines = ["| steps | " + " | ".join(f"`{reference}` − `{v}`" for v in others) + " |"]
+    lines.append("|" + "---|" * (len(others) + 1))
+    for n in steps:
+        cells = []
+        for v in others:
+            d = diffs(n, v)
+            sd = f" ± {statistics.stdev(d):.4f}" if len(d) > 1 else ""
+            cells.append(f"{statistics.mean(d):+.4f}{sd} (n={len(d)})" if d else "—")
+        lines.append(f"| {n} | " + " | ".join(cells) + " |")
+    cells = []
+    for v in others:
+        xs = [n for n in steps for _ in diffs(n, v)]
+        ys = [d for n in steps for d in diffs(n, v)]
+        if len(set(xs)) < 2 or len(xs) < 3:
+            cells.append("not computable (fewer than 2 step counts)")
+            continue
+        fit = stats.linregress(xs, ys)
+        half = stats.t.ppf(0.975, len(xs) - 2) * fit.stderr * 100
+        change = fit.slope * 100
+        moves = "moves with steps" if change - half > 0 or change + half < 0 else "no trend"
+        cells.append(f"{change:+.4f} [{change - half:+.4f}, {change + half:+.4f}], {moves}")
+    lines.append("| trend per 100 steps [95% CI] | " + " | ".join(cells) + " |")
+    return lines
+
+
 def plot(curve: dict[int, dict[str, list[float]]], metric: str, chosen: int, path: Path) -> None:
     import matplotlib
 
@@ -162,13 +210,25 @@ def plot(curve: dict[int, dict[str, list[float]]], metric: str, chosen: int, pat
 
 
 def write_outputs(
-    curve: dict[int, dict[str, list[float]]], metric: str, chosen: int, output: Path, args
+    curve: dict[int, dict[str, list[float]]],
+    by_seed: dict[int, dict[str, dict[str, float]]] | None,
+    metric: str,
+    chosen: int,
+    output: Path,
+    args,
 ) -> None:
-    table = curve_table(curve, args.flat)
-    trend = trend_table(curve, args.flat, args.horizon, args.fit_from)
-    (output / "learning_curve.md").write_text("\n".join(table) + "\n\n" + "\n".join(trend) + "\n")
+    tables = [
+        curve_table(curve, args.flat),
+        trend_table(curve, args.flat, args.horizon, args.fit_from),
+    ]
+    if by_seed is None:
+        tables.append(["(no paired differences: this learning_curve.json has no by_seed scores)"])
+    else:
+        tables.append(difference_table(by_seed, args.reference))
+    text = "\n\n".join("\n".join(table) for table in tables)
+    (output / "learning_curve.md").write_text(text + "\n")
     plot(curve, metric, chosen, output / "learning_curve.png")
-    print("\n".join(table) + "\n\n" + "\n".join(trend))
+    print(text)
     print(f"written: {output}/learning_curve.md, learning_curve.png")
 
 
@@ -178,8 +238,11 @@ def main(argv: list[str]) -> int:
     if args.from_json:
         saved = json.loads(Path(args.from_json).read_text())
         curve = {int(n): point for n, point in saved["curve"].items()}
+        by_seed = saved.get("by_seed")
+        if by_seed is not None:
+            by_seed = {int(n): point for n, point in by_seed.items()}
         Path(args.output).mkdir(parents=True, exist_ok=True)
-        write_outputs(curve, saved["metric"], cfg.train.max_steps, Path(args.output), args)
+        write_outputs(curve, by_seed, saved["metric"], cfg.train.max_steps, Path(args.output), args)
         return 0
     if args.seeds:
         cfg.train.seeds = [int(s) for s in args.seeds.split(",")]
@@ -187,22 +250,30 @@ def main(argv: list[str]) -> int:
     output.mkdir(parents=True, exist_ok=True)
     metric = cfg.hypothesis.primary_metric
     curve: dict[int, dict[str, list[float]]] = {}
+    by_seed: dict[int, dict[str, dict[str, float]]] = {}
     for steps in sorted({int(s) for s in args.steps.split(",")}):
         print(f"learning curve: {steps} steps", file=sys.stderr)
         results = run_point(cfg, steps, output)
-        curve[steps] = {
-            name: [getattr(run, metric) for run in aggregate.runs.values()]
+        by_seed[steps] = {
+            name: {seed: getattr(run, metric) for seed, run in aggregate.runs.items()}
             for name, aggregate in results.variants.items()
         }
+        curve[steps] = {name: list(runs.values()) for name, runs in by_seed[steps].items()}
     (output / "learning_curve.json").write_text(
         json.dumps(
-            {"config": args.config, "metric": metric, "seeds": cfg.train.seeds, "curve": curve},
+            {
+                "config": args.config,
+                "metric": metric,
+                "seeds": cfg.train.seeds,
+                "curve": curve,
+                "by_seed": by_seed,
+            },
             indent=2,
         )
         + "\n"
     )
     print(f"written: {output}/learning_curve.json", file=sys.stderr)
-    write_outputs(curve, metric, cfg.train.max_steps, output, args)
+    write_outputs(curve, by_seed, metric, cfg.train.max_steps, output, args)
     return 0
 
 

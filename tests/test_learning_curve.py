@@ -75,3 +75,47 @@ def test_from_json_rebuilds_the_tables_without_running(tmp_path: Path) -> None:
     assert "| 100 |" in text and "change over 10 more steps" in text
     assert (tmp_path / "out" / "learning_curve.png").stat().st_size > 0
     assert not list((tmp_path / "out").glob("steps_*"))  # nothing was run
+
+
+def paired_curve(growth: float) -> dict[int, dict[str, dict[str, float]]]:
+    """per_layer and probe per seed; per_layer - probe = 0.01 + growth * steps + noise."""
+    rng = np.random.default_rng(1)
+    curve = {}
+    for n in (32, 64, 128, 256):
+        probe = {str(s): float(0.5 + 0.001 * n + rng.normal(0, 0.02)) for s in (42, 43, 44)}
+        gap = {s: 0.01 + growth * n + float(rng.normal(0, 0.003)) for s in probe}
+        curve[n] = {"probe": probe, "per_layer": {s: probe[s] + gap[s] for s in probe}}
+    return curve
+
+
+def test_difference_table_pairs_by_seed_and_fits_the_trend_like_numpy() -> None:
+    module = learning_curve_module()
+    for growth, word in ((0.0, "no trend"), (0.0002, "moves with steps")):
+        curve = paired_curve(growth)
+        lines = module.difference_table(curve, "per_layer")
+        assert lines[0] == "| steps | `per_layer` − `probe` |"
+        xs = [n for n in curve for _ in range(3)]
+        ys = [
+            curve[n]["per_layer"][s] - curve[n]["probe"][s]
+            for n in curve
+            for s in curve[n]["probe"]
+        ]
+        row_32 = cells(lines[2])
+        first = ys[:3]
+        assert row_32[1] == f"{np.mean(first):+.4f} ± {np.std(first, ddof=1):.4f} (n=3)"
+        slope = np.polyfit(xs, ys, 1)[0] * 100
+        trend = cells(lines[-1])[1]
+        assert trend.startswith(f"{slope:+.4f} [") and trend.endswith(word)
+
+
+def test_difference_table_skips_unpaired_seeds_and_old_files_say_why(tmp_path: Path) -> None:
+    module = learning_curve_module()
+    curve = paired_curve(0.0)
+    del curve[32]["probe"]["44"]  # that seed's probe failed: its per_layer is unpaired
+    assert "(n=2)" in cells(module.difference_table(curve, "per_layer")[2])[1]
+    saved = tmp_path / "old.json"  # written before by_seed existed
+    saved.write_text(json.dumps({"metric": "exact_match", "curve": noisy_curve(0.0)}))
+    config = REPO / "experiments" / "configs" / "cpu_demo.yaml"
+    argv = [str(config), "--from-json", str(saved), "--output", str(tmp_path / "out")]
+    assert module.main(argv) == 0
+    assert "no by_seed scores" in (tmp_path / "out" / "learning_curve.md").read_text()
