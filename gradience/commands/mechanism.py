@@ -66,6 +66,14 @@ def register(commands: argparse._SubParsersAction) -> None:
         "(nothing is deleted). Without it, a config that differs from DIR/config.yaml in "
         "anything that shaped its results is refused",
     )
+    run.add_argument(
+        "--reuse-jobs-from",
+        metavar="RUN",
+        help="before training, copy RUN's finished train+eval jobs that this run also has (e.g. "
+        "a tournament on a finished mechanism test's setting: its probe, per_layer and "
+        "within-type shuffle); each is reused only where its inputs (training settings, data, "
+        "library versions, seed, ranks) match this run's, else retrained. RUN is never modified",
+    )
     run.set_defaults(handler=run_command)
 
     status = commands.add_parser(
@@ -137,12 +145,20 @@ def run_command(args: argparse.Namespace) -> int:
                 planned.train.seeds = planned.train.seeds[: cfg.hypothesis.max_seeds]
                 with progress_view(job_ids(planned)) as view:
                     run = run_until_decided(
-                        cfg, cfg.env.output_base_dir, sink=view, fresh=args.fresh
+                        cfg,
+                        cfg.env.output_base_dir,
+                        sink=view,
+                        fresh=args.fresh,
+                        reuse_from=args.reuse_jobs_from,
                     )
             else:
                 with progress_view(job_ids(cfg)) as view:
                     run = run_mechanism_test(
-                        cfg, cfg.env.output_base_dir, sink=view, fresh=args.fresh
+                        cfg,
+                        cfg.env.output_base_dir,
+                        sink=view,
+                        fresh=args.fresh,
+                        reuse_from=args.reuse_jobs_from,
                     )
         except KeyboardInterrupt:
             print(
@@ -174,6 +190,7 @@ def resume_command(args: argparse.Namespace, cfg: Any) -> str:
         ("--seeds", args.seeds),
         ("--executor", args.executor),
         ("--ray-address", args.ray_address),
+        ("--reuse-jobs-from", getattr(args, "reuse_jobs_from", None)),
     ):
         if value:
             words += [flag, str(value)]

@@ -19,6 +19,7 @@ from gradience.experiment import plan
 from gradience.experiment.aggregate import write_results
 from gradience.experiment.executors import run_locally, run_on_ray
 from gradience.experiment.jobs import EventSink, JobOutcome, emit
+from gradience.experiment.reuse import check_source, copy_finished_jobs
 from gradience.experiment.runfolder import CONFIG_FILE, open_run_folder
 from gradience.io import read_model, write_model, write_text_atomic
 from gradience.results import AggregatedResults, RegisteredPlan
@@ -56,6 +57,7 @@ def run_mechanism_test(
     ray_address: str | None = None,
     sink: EventSink | None = None,
     fresh: bool = False,
+    reuse_from: str | Path | None = None,
 ) -> MechanismRun:
     """Run (or resume) the whole experiment and aggregate it; never raises for a failed job.
 
@@ -63,7 +65,9 @@ def run_mechanism_test(
     ``ray_address`` to ``env.ray_address``. Finished jobs whose inputs are unchanged are
     reused; failures are recorded in the benches and in ``aggregated_results.json``. A run
     folder holding another config's results is refused unless ``fresh``, which moves it
-    aside (see :mod:`gradience.experiment.runfolder`).
+    aside (see :mod:`gradience.experiment.runfolder`). ``reuse_from``: another run folder whose
+    finished train+eval jobs are copied in first, each reused only where its inputs match this
+    run's (see :mod:`gradience.experiment.reuse`).
     """
     if cfg.task.eval_backend == "vllm":  # stop before any training, not at the first eval
         from gradience.evaluate.vllm_backend import check_vllm_config, require_vllm
@@ -75,11 +79,19 @@ def run_mechanism_test(
 
         require_lmeval()
     ctx = plan.RunContext(cfg, Path(output_dir or cfg.env.output_base_dir).resolve())
+    if reuse_from is not None:
+        check_source(Path(reuse_from), ctx.run_dir)  # before the run folder is touched
     with open_run_folder(ctx.run_dir, cfg, fresh=fresh) as folder:
         if folder.moved_aside is not None:
             emit(sink, "", "message", text=f"moved the earlier run to {folder.moved_aside}")
         save_config(ctx)
         register_plan(ctx, sink)
+        if reuse_from is not None:
+            copied = copy_finished_jobs(Path(reuse_from), ctx)
+            text = f"copied {len(copied)} finished job(s) from {reuse_from}" + (
+                " (each reused only where its inputs match this run's)" if copied else ""
+            )
+            emit(sink, "", "message", text=text)
         task_data = load_task_data(cfg)
         if (executor or cfg.env.executor) == "ray":
             outcomes = run_on_ray(ctx, task_data, sink, ray_address or cfg.env.ray_address)

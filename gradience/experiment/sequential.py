@@ -61,12 +61,14 @@ def run_until_decided(
     fresh: bool = False,
     executor: str | None = None,
     ray_address: str | None = None,
+    reuse_from: str | Path | None = None,
     runner: Callable[..., MechanismRun] = run_mechanism_test,
 ) -> MechanismRun:
     """Add seeds until the sequential rule stops (see the module doc); the last run's results.
 
     ``runner`` runs one step (the first n seeds); :func:`run_mechanism_test` unless a caller
-    has its own way to produce a step's results."""
+    has its own way to produce a step's results. ``reuse_from``: as for
+    :func:`run_mechanism_test`, at every step (each copies only the jobs not yet here)."""
     cfg = sequential_config(cfg, max_seeds)
     cap = cfg.hypothesis.max_seeds or len(cfg.train.seeds)
     seeds = list(cfg.train.seeds[:cap])
@@ -77,7 +79,13 @@ def run_until_decided(
             step = cfg.model_copy(deep=True)
             step.train.seeds = seeds[:n]
             run = runner(
-                step, output_dir, sink=sink, fresh=fresh, executor=executor, ray_address=ray_address
+                step,
+                output_dir,
+                sink=sink,
+                fresh=fresh,
+                executor=executor,
+                ray_address=ray_address,
+                reuse_from=reuse_from,
             )
             fresh = False  # only the first step may move an earlier run aside
             summary = look_now(run, step)
