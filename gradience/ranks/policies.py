@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gradience.config import validate_policy_name
+from gradience.config_lora import validate_policy_name
 from gradience.ranks.measures import (
     as_spectrum,
     cumulative_energy,
