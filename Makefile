@@ -1,7 +1,8 @@
 # One command to set up, one to test, one to see it work.
 #   make demo   installs, then runs the mechanism test on the embedded CPU default (offline)
 #   make test   installs, then runs the whole test suite
-#   make smollm2  the same experiment on a real pretrained model (SmolLM2-135M, CPU, offline)
+#   make smollm2  the same experiment on a real pretrained model (SmolLM2-135M, CPU, offline; hours)
+#   make smollm2-tournament  the allocation tournament on SmolLM2-135M (CPU, offline; hours)
 #   make tournament  every rank allocator at one parameter budget against random placement (CPU)
 # Users with a GPU: make setup TORCH_SPEC="torch==2.13.0" TORCH_INDEX="--index-url https://download.pytorch.org/whl/cu124"
 
@@ -22,7 +23,7 @@ STAMP := $(VENV)/.gradience-installed
 PIP := $(BIN)/python -m pip install -q --no-compile
 unexport PYTHONDONTWRITEBYTECODE
 
-.PHONY: setup demo-setup test demo smollm2 tournament lint bench clean
+.PHONY: setup demo-setup test demo smollm2 smollm2-tournament tournament lint bench clean
 
 # What `make demo` needs: torch, transformers + PEFT, the plots. No Ray, datasets or tests.
 demo-setup: $(DEMO_STAMP)
@@ -62,6 +63,9 @@ demo: demo-setup
 
 smollm2: setup
 	./experiments/run_mechanism_test.sh experiments/configs/smollm2_cpu.yaml
+
+smollm2-tournament: setup
+	./experiments/run_mechanism_test.sh experiments/configs/smollm2_tournament.yaml
 
 # EVA and AdaLoRA come from PEFT, which the demo's install already has.
 tournament: demo-setup
