@@ -266,6 +266,29 @@ for cmd, argv, what in (
         ("empty folder", lambda w: w.folder),
     ):
         row(cmd, "DIR", mistake, lambda w, a=argv, p=path: a(p(w)), path, what)
+for mistake, path in (
+    ("missing", lambda w: w.missing),
+    ("a file", lambda w: w.file),
+    ("folder without config.yaml", lambda w: w.folder),
+):
+    row(
+        "mechanism run",
+        "--reuse-jobs-from",
+        mistake,
+        lambda w, p=path: [
+            "mechanism",
+            "run",
+            "--config",
+            w.config,
+            "--output",
+            w.root / "r",
+            "--no-estimate",
+            "--reuse-jobs-from",
+            p(w),
+        ],  # fmt: skip
+        path,
+        "give the folder of another 'gradience mechanism run'",
+    )
 for mistake, path in (("missing", lambda w: w.missing), ("folder without it", lambda w: w.folder)):
     row(
         "mechanism analyze",

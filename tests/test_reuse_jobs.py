@@ -49,7 +49,7 @@ def test_matching_jobs_are_reused_the_rest_trained_and_the_source_untouched(
 def test_a_source_that_is_no_run_is_one_clear_error_before_anything_is_written(
     reliability_config_file, tmp_path
 ) -> None:
-    with pytest.raises(GradienceError, match="not a run folder"):
+    with pytest.raises(GradienceError, match="holds no config.yaml"):
         run_mechanism_test(reliability_config(), tmp_path / "run", reuse_from=tmp_path)
     assert not (tmp_path / "run").exists()
     result = gradience(
@@ -57,5 +57,5 @@ def test_a_source_that_is_no_run_is_one_clear_error_before_anything_is_written(
         "--no-estimate", "--reuse-jobs-from", tmp_path / "nowhere",
     )  # fmt: skip
     assert result.returncode == 2
-    assert "--reuse-jobs-from: not a run folder" in result.stderr
+    assert "--reuse-jobs-from: does not exist" in result.stderr
     assert "Traceback" not in result.stderr

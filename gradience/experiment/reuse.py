@@ -31,16 +31,18 @@ SKIPPED = shutil.ignore_patterns("checkpoint-*")
 def check_source(source: Path, run_dir: Path) -> Path:
     """``source`` resolved, or a GradienceError naming it (not a run folder, or the run itself)."""
     resolved = source.resolve()
-    if not (resolved / CONFIG_FILE).is_file():
+    problem = None
+    if not resolved.exists():
+        problem = "does not exist"
+    elif not resolved.is_dir():
+        problem = "is a file"
+    elif not (resolved / CONFIG_FILE).is_file():
+        problem = f"holds no {CONFIG_FILE}"
+    elif resolved == run_dir.resolve():
+        problem = "is the run folder itself (its finished jobs are reused anyway)"
+    if problem is not None:
         raise GradienceError(
-            f"not a run folder (no {CONFIG_FILE}): give the folder of a finished "
-            "'gradience mechanism run'",
-            path=source,
-            field="--reuse-jobs-from",
-        )
-    if resolved == run_dir.resolve():
-        raise GradienceError(
-            "is the run folder itself: finished jobs there are reused anyway",
+            f"{problem}: give the folder of another 'gradience mechanism run'",
             path=source,
             field="--reuse-jobs-from",
         )
