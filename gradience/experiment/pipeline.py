@@ -79,15 +79,14 @@ def run_mechanism_test(
 
         require_lmeval()
     ctx = plan.RunContext(cfg, Path(output_dir or cfg.env.output_base_dir).resolve())
-    if reuse_from is not None:
-        check_source(Path(reuse_from), ctx.run_dir)  # before the run folder is touched
+    source = None if reuse_from is None else check_source(Path(reuse_from), ctx.run_dir)
     with open_run_folder(ctx.run_dir, cfg, fresh=fresh) as folder:
         if folder.moved_aside is not None:
             emit(sink, "", "message", text=f"moved the earlier run to {folder.moved_aside}")
         save_config(ctx)
         register_plan(ctx, sink)
-        if reuse_from is not None:
-            copied = copy_finished_jobs(Path(reuse_from), ctx)
+        if source is not None:  # checked above, before the run folder was touched
+            copied = copy_finished_jobs(source, ctx)
             text = f"copied {len(copied)} finished job(s) from {reuse_from}" + (
                 " (each reused only where its inputs match this run's)" if copied else ""
             )

@@ -51,15 +51,14 @@ def check_source(source: Path, run_dir: Path) -> Path:
 
 def copy_finished_jobs(source: Path, ctx: plan.RunContext) -> list[str]:
     """Copy ``source``'s finished train+eval jobs that this run has and has not started; the
-    copied job ids. Raises GradienceError for a ``source`` that is not a run folder."""
-    source = check_source(source, ctx.run_dir)
+    copied job ids. ``source``: a run folder :func:`check_source` accepted."""
     copied = []
     for seed, name in plan.local_schedule(ctx.cfg):
         if name == plan.AUDIT:
             continue
         target = plan.job_dir(ctx.run_dir, seed, name)
         origin = plan.job_dir(source, seed, name)
-        record = read_record(origin) if origin.is_dir() else None
+        record = read_record(origin)
         if target.exists() or record is None or record.status != "done":
             continue
         staging = target.with_name(target.name + ".copying")
