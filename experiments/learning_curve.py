@@ -109,13 +109,27 @@ def curve_table(curve: dict[int, dict[str, list[float]]], flat: float) -> list[s
     return lines
 
 
+def linear_change(
+    xs: list[int], ys: list[float], horizon: int
+) -> tuple[float, float, float] | None:
+    """The change a least-squares line through (xs, ys) predicts over ``horizon`` steps, with
+    its 95% CI (scipy.stats.linregress, t with n-2 degrees of freedom); None with fewer than 2
+    distinct xs or 3 points."""
+    from scipy import stats
+
+    if len(set(xs)) < 2 or len(xs) < 3:
+        return None
+    fit = stats.linregress(xs, ys)
+    half = stats.t.ppf(0.975, len(xs) - 2) * fit.stderr * horizon
+    change = fit.slope * horizon
+    return change, change - half, change + half
+
+
 def trend_table(
     curve: dict[int, dict[str, list[float]]], flat: float, horizon: int, fit_from: int
 ) -> list[str]:
     """Per variant: the least-squares trend over the points >= fit_from, as the change it
     predicts over ``horizon`` more steps, with a 95% CI."""
-    from scipy import stats
-
     steps = [n for n in sorted(curve) if n >= fit_from]
     variants = variant_names(curve[n] for n in steps)
     lines = [
@@ -126,13 +140,11 @@ def trend_table(
     for v in variants:
         xs = [n for n in steps for _ in curve[n].get(v, [])]
         ys = [y for n in steps for y in curve[n].get(v, [])]
-        if len(set(xs)) < 2 or len(xs) < 3:
+        trend = linear_change(xs, ys, horizon)
+        if trend is None:
             lines.append(f"| `{v}` | — | — | not computable (fewer than 2 step counts) |")
             continue
-        fit = stats.linregress(xs, ys)
-        half = stats.t.ppf(0.975, len(xs) - 2) * fit.stderr * horizon
-        change = fit.slope * horizon
-        low, high = change - half, change + half
+        change, low, high = trend
         verdict = "yes" if -flat < low and high < flat else "no"
         lines.append(f"| `{v}` | {change:+.4f} | [{low:+.4f}, {high:+.4f}] | {verdict} |")
     return lines
@@ -141,9 +153,7 @@ def trend_table(
 def difference_table(by_seed: dict[int, dict[str, dict[str, float]]], reference: str) -> list[str]:
     """Per step count, ``reference`` minus each other variant, paired by seed (mean ± sd over the
     seeds where both ran), and the trend of those differences over the step counts (per 100
-    steps, 95% CI, scipy.stats.linregress)."""
-    from scipy import stats
-
+    steps, 95% CI, :func:`linear_change`)."""
     steps = sorted(by_seed)
     others = [v for v in variant_names(by_seed.values()) if v != reference]
     if not any(reference in by_seed[n] for n in steps) or not others:
@@ -166,14 +176,13 @@ def difference_table(by_seed: dict[int, dict[str, dict[str, float]]], reference:
     for v in others:
         xs = [n for n in steps for _ in diffs(n, v)]
         ys = [d for n in steps for d in diffs(n, v)]
-        if len(set(xs)) < 2 or len(xs) < 3:
+        trend = linear_change(xs, ys, 100)
+        if trend is None:
             cells.append("not computable (fewer than 2 step counts)")
             continue
-        fit = stats.linregress(xs, ys)
-        half = stats.t.ppf(0.975, len(xs) - 2) * fit.stderr * 100
-        change = fit.slope * 100
-        moves = "moves with steps" if change - half > 0 or change + half < 0 else "no trend"
-        cells.append(f"{change:+.4f} [{change - half:+.4f}, {change + half:+.4f}], {moves}")
+        change, low, high = trend
+        moves = "moves with steps" if low > 0 or high < 0 else "no trend"
+        cells.append(f"{change:+.4f} [{low:+.4f}, {high:+.4f}], {moves}")
     lines.append("| trend per 100 steps [95% CI] | " + " | ".join(cells) + " |")
     return lines
 
