@@ -2,24 +2,19 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 from pathlib import Path
 
 import numpy as np
+from fixtures.scripts import experiment_script
 from scipy import stats
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def learning_curve_module():
-    spec = importlib.util.spec_from_file_location(
-        "learning_curve", REPO / "experiments" / "learning_curve.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return experiment_script("learning_curve")
 
 
 def noisy_curve(slope: float) -> dict[int, dict[str, list[float]]]:

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import shutil
 from pathlib import Path
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
+from fixtures.scripts import experiment_script
 
 
 def reproduce_module():
-    spec = importlib.util.spec_from_file_location(
-        "reproduce", REPO / "experiments" / "reproduce.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return experiment_script("reproduce")
 
 
 def committed_copy(run_dir: Path, folder: Path) -> Path:
@@ -60,12 +53,7 @@ def test_a_missing_seed_variant_or_folder_is_one_clear_error(reference_run, tmp_
 
 
 def publish_module():
-    spec = importlib.util.spec_from_file_location(
-        "publish_results", REPO / "experiments" / "publish_results.py"
-    )
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return experiment_script("publish_results")
 
 
 def test_publish_copies_no_adapter_and_its_analysis_equals_the_runs(
