@@ -15,8 +15,6 @@ from pydantic import Field, field_validator, model_validator
 from gradience.config_env import Section
 from gradience.results import ALLOCATOR_VARIANTS
 
-_Section = Section
-
 #: Names of the variants the mechanism test can train (see gradience.experiment).
 VARIANT_NAMES = (
     "probe",
@@ -55,7 +53,7 @@ def validate_policy_name(name: str) -> str:
 DEFAULT_PROBE_SCALE = 0.5
 
 
-class LoraSection(_Section):
+class LoraSection(Section):
     probe_r: int = Field(
         64, gt=0, description="Uniform rank of the probe adapter that gets audited."
     )
@@ -110,7 +108,7 @@ class LoraSection(_Section):
         return self
 
 
-class CompressionConfig(_Section):
+class CompressionConfig(Section):
     policy: str = Field(
         "energy@0.90", description="Rank policy that turns the probe's audit into per-module ranks."
     )
