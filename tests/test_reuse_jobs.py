@@ -7,9 +7,14 @@ from pathlib import Path
 
 import pytest
 from fixtures.reliability import gradience, reliability_config
+from fixtures.scripts import experiment_script
 
 from gradience.errors import GradienceError
 from gradience.experiment import run_mechanism_test
+from gradience.experiment.records import WEIGHTS_REMOVED
+from gradience.experiment.reuse import copy_without_weights
+from gradience.io import read_model
+from gradience.results import AggregatedResults
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -59,3 +64,72 @@ def test_a_source_that_is_no_run_is_one_clear_error_before_anything_is_written(
     assert result.returncode == 2
     assert "--reuse-jobs-from: does not exist" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def statuses(run) -> dict[str, str]:
+    return {job: outcome.status for job, outcome in run.outcomes.items()}
+
+
+def accuracies(run_dir: Path) -> dict[str, dict[str, tuple[float, list[int]]]]:
+    results = read_model(run_dir / "aggregated_results.json", AggregatedResults)
+    return {
+        name: {seed: (run.exact_match, run.item_correct) for seed, run in variant.runs.items()}
+        for name, variant in results.variants.items()
+    }
+
+
+def test_a_copy_without_weights_resumes_the_run_with_no_job_retrained(
+    reference_run, tmp_path
+) -> None:
+    before = digests(reference_run)
+    carried = tmp_path / "carried"
+    assert sorted(copy_without_weights(reference_run, carried)) == [
+        "seed_42/per_layer",
+        "seed_42/probe",
+    ]
+    assert digests(reference_run) == before
+    assert not list(carried.rglob("*.safetensors"))
+    assert not list(carried.rglob("checkpoint-*"))
+    run = run_mechanism_test(reliability_config(), tmp_path / "resumed", reuse_from=carried)
+    # the audit has no weights to read: it re-derives the ranks from the copied audit.json
+    assert statuses(run) == {
+        "seed_42/probe": "reused",
+        "seed_42/audit": "done",
+        "seed_42/per_layer": "reused",
+    }
+    ranks = Path("seed_42/ranks/per_layer.json")
+    assert (run.run_dir / ranks).read_bytes() == (reference_run / ranks).read_bytes()
+    assert accuracies(run.run_dir) == accuracies(reference_run)
+
+
+def test_weights_removed_without_a_matching_marker_are_retrained_and_a_reader_says_why(
+    reference_run, tmp_path
+) -> None:
+    carried = tmp_path / "carried"
+    copy_without_weights(reference_run, carried)
+    (carried / "seed_42" / "per_layer" / WEIGHTS_REMOVED).write_text('{"sha256": "0"}')
+    run = run_mechanism_test(reliability_config(), tmp_path / "marker", reuse_from=carried)
+    assert statuses(run)["seed_42/per_layer"] == "done"  # trained again here
+    assert accuracies(run.run_dir) == accuracies(reference_run)
+
+    # an audit that cannot reuse audit.json needs the probe's weights: one clear failure
+    (carried / "seed_42" / "probe" / "audit_source.json").unlink()
+    run = run_mechanism_test(reliability_config(), tmp_path / "audit", reuse_from=carried)
+    assert statuses(run)["seed_42/audit"] == "failed"
+    message = run.outcomes["seed_42/audit"].message
+    assert "adapter weights were removed after it finished" in message
+    assert "seed_42/probe" in message
+
+
+def test_carry_jobs_refuses_a_folder_that_is_no_run_or_lies_inside_it(
+    reference_run, tmp_path, capsys
+) -> None:
+    carry = experiment_script("carry_jobs")
+    before = digests(reference_run)
+    assert carry.main([str(tmp_path), str(tmp_path / "dest")]) == 2
+    assert "holds no config.yaml" in capsys.readouterr().err
+    assert carry.main([str(reference_run), str(reference_run / "seed_42")]) == 2
+    assert "is inside the run folder" in capsys.readouterr().err
+    assert digests(reference_run) == before
+    assert carry.main([str(reference_run), str(tmp_path / "dest")]) == 0
+    assert "2 finished jobs copied" in capsys.readouterr().out

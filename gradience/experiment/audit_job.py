@@ -7,11 +7,17 @@ their ranks. The train+eval jobs and their shared plumbing are :mod:`gradience.e
 
 from __future__ import annotations
 
+import json
+
+from gradience.errors import GradienceError
 from gradience.experiment import plan
 from gradience.experiment.jobs import EventSink, JobOutcome, emit, gate_message
-from gradience.experiment.records import JobClock, JobRecord, read_record
-from gradience.io import read_model, write_model
-from gradience.results import RankPattern
+from gradience.experiment.records import JobClock, JobRecord, read_record, require_weights
+from gradience.io import read_json, read_model, write_json_atomic, write_model
+from gradience.results import AuditResult, RankPattern
+
+#: Next to probe/audit.json: the adapter digest and audit settings it was computed from.
+AUDIT_SOURCE = "audit_source.json"
 
 
 def audit_job(
@@ -43,7 +49,7 @@ def audit_job(
     clock = JobClock.start(folder, previous, fresh, keep_phases=False)
     emit(sink, job, "started", attempt=clock.record.attempts)
     try:
-        patterns = audit_and_rank(ctx, seed)
+        patterns = audit_and_rank(ctx, seed, probe.output_digest)
         clock.finish()
     except Exception as error:  # noqa: BLE001 - recorded, shown, and the run goes on
         record = clock.fail(error)
@@ -58,24 +64,61 @@ def audit_job(
     )
 
 
-def audit_and_rank(ctx: plan.RunContext, seed: int) -> dict[str, RankPattern]:
-    """Audit the probe adapter (written to probe/audit.json), then one rank pattern per variant."""
+def audit_and_rank(
+    ctx: plan.RunContext, seed: int, probe_digest: str | None
+) -> dict[str, RankPattern]:
+    """Audit the probe adapter (written to probe/audit.json), then one rank pattern per variant.
+
+    An audit.json already made from these very adapter bytes with the same audit settings
+    (``probe/audit_source.json`` says so) is read instead: the ranks then need no weights, so
+    a run resumed from a copy of its jobs without weights (or a tournament reusing another
+    run's probes) re-derives its rank patterns under its own compression settings.
+    """
     from gradience.audit import audit_adapter
     from gradience.experiment.variants import rank_patterns
 
     c = ctx.cfg.compression
-    adapter_dir = plan.job_dir(ctx.run_dir, seed, plan.PROBE) / "adapter"
-    audit = audit_adapter(
-        adapter_dir,
-        policies=audit_policies(c.policy),
-        allowed_ranks=c.allowed_ranks,
-        margin=c.margin,
-    )
-    write_model(plan.audit_file(ctx.run_dir, seed), audit)
+    probe_folder = plan.job_dir(ctx.run_dir, seed, plan.PROBE)
+    source = {
+        "probe_adapter": probe_digest,
+        "policies": list(audit_policies(c.policy)),
+        "allowed_ranks": list(c.allowed_ranks),
+        "margin": c.margin,
+    }
+    audit = reusable_audit(ctx, seed, source)
+    if audit is None:
+        require_weights(probe_folder)
+        (probe_folder / AUDIT_SOURCE).unlink(missing_ok=True)
+        audit = audit_adapter(
+            probe_folder / "adapter",
+            policies=audit_policies(c.policy),
+            allowed_ranks=c.allowed_ranks,
+            margin=c.margin,
+        )
+        write_model(plan.audit_file(ctx.run_dir, seed), audit)
+        if probe_digest is not None:
+            write_json_atomic(probe_folder / AUDIT_SOURCE, source)
     patterns = rank_patterns(audit, ctx.cfg, seed)
     for variant, pattern in patterns.items():
         write_model(plan.ranks_file(ctx.run_dir, seed, variant), pattern)
     return patterns
+
+
+def reusable_audit(
+    ctx: plan.RunContext, seed: int, source: dict[str, object]
+) -> AuditResult | None:
+    """The seed's audit.json when it was computed from ``source`` (adapter digest and audit
+    settings), else None."""
+    path = plan.audit_file(ctx.run_dir, seed)
+    recorded = path.with_name(AUDIT_SOURCE)
+    if source["probe_adapter"] is None or not (path.is_file() and recorded.is_file()):
+        return None
+    try:
+        if read_json(recorded) != json.loads(json.dumps(source)):
+            return None
+        return read_model(path, AuditResult)
+    except GradienceError:
+        return None
 
 
 def audit_policies(policy: str) -> tuple[str, ...]:

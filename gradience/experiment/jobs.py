@@ -20,11 +20,13 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from gradience.experiment import plan
 from gradience.experiment.records import (
+    ADAPTER_WEIGHTS,
     JobClock,
     JobProgress,
     JobRecord,
     file_digest,
     read_record,
+    weights_accounted_for,
 )
 from gradience.experiment.trained import (
     TrainedModel,
@@ -46,7 +48,6 @@ EventSink = Callable[["JobEvent"], None]
 
 #: Files a train+eval job writes; removed when its inputs change so no stale result survives.
 TRAIN_EVAL_OUTPUTS = ("train_result.json", "eval.json", "predictions.jsonl")
-ADAPTER_WEIGHTS = Path("adapter") / "adapter_model.safetensors"
 #: The probe gate's own evaluation: on training items, never on the eval items (judging seeds
 #: on their test-set score would select them on the outcome).
 GATE_DIR = "gate"
@@ -339,13 +340,14 @@ def training_finished(record: JobRecord, folder: Path) -> bool:
 def train_eval_finished(
     record: JobRecord | None, inputs: str, folder: Path, gated: bool = False
 ) -> bool:
-    """Done with these very inputs, and every output (the gate's too, if gated) still on disk."""
+    """Done with these very inputs, and every output (the gate's too, if gated) still on disk;
+    the adapter weights may have been removed on purpose (see ``weights_accounted_for``)."""
     return (
         record is not None
         and record.status == "done"
         and record.inputs_hash == inputs
         and all((folder / name).is_file() for name in TRAIN_EVAL_OUTPUTS)
-        and (folder / ADAPTER_WEIGHTS).is_file()
+        and weights_accounted_for(folder, record)
         and (not gated or (folder / GATE_DIR / "eval.json").is_file())
     )
 

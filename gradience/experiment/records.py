@@ -10,6 +10,7 @@ its last Trainer checkpoint when the config allows.
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import socket
 import time
@@ -101,6 +102,29 @@ def write_record(folder: Path, record: JobRecord) -> None:
     write_model(folder / JOB_FILE, record)
 
 
+#: A train+eval job's main output; its sha256 is the record's ``output_digest``.
+ADAPTER_WEIGHTS = Path("adapter") / "adapter_model.safetensors"
+#: Left in place of ADAPTER_WEIGHTS by :func:`gradience.experiment.reuse.copy_without_weights`:
+#: the removed file's sha256, so a copy of a finished job carried to another machine without
+#: its weights (into git, say) still counts as finished there.
+WEIGHTS_REMOVED = Path("adapter") / "weights_removed.json"
+
+
+def weights_accounted_for(folder: Path, record: JobRecord) -> bool:
+    """The job's adapter weights are on disk, or were removed on purpose after it finished
+    (a marker naming the very digest its record holds). A file deleted by hand is neither."""
+    if (folder / ADAPTER_WEIGHTS).is_file():
+        return True
+    marker = folder / WEIGHTS_REMOVED
+    if record.output_digest is None or not marker.is_file():
+        return False
+    try:
+        removed = json.loads(marker.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(removed, dict) and removed.get("sha256") == record.output_digest
+
+
 def file_digest(path: Path) -> str:
     """sha256 of a file, streamed (adapters of 7B models are hundreds of MB)."""
     digest = hashlib.sha256()
@@ -185,3 +209,18 @@ def describe_error(error: BaseException) -> str:
     if isinstance(error, GradienceError):
         return text
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def require_weights(folder: Path) -> None:
+    """Raise a GradienceError naming the folder when a job's adapter weights are not on disk
+    (removed on purpose, or lost): a job that reads them cannot run until it is retrained."""
+    if (folder / ADAPTER_WEIGHTS).is_file():
+        return
+    why = (
+        "were removed after it finished" if (folder / WEIGHTS_REMOVED).is_file() else "are missing"
+    )
+    raise GradienceError(
+        f"its adapter weights {why}; delete this job folder to retrain it, "
+        "then rerun (a later job reads them)",
+        path=folder,
+    )

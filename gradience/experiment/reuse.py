@@ -10,8 +10,17 @@ not touch ``source``.
 Nothing copied is trusted. A copied job is reused only when its recorded inputs hash equals
 the one this run computes for it (the ordinary resume check: training identity with library
 versions and data, seed, variant, ranks); otherwise it is retrained here like any stale job.
-The audit is never copied (its inputs include the compression settings, which differ between
-a mechanism test and a tournament): it reruns here, on the copied probe's adapter.
+The audit job is never copied (its inputs include the compression settings, which differ
+between a mechanism test and a tournament): it reruns here, reading the copied probe's
+audit.json when that was computed from the same adapter bytes with the same audit settings,
+else auditing the copied adapter.
+
+:func:`copy_without_weights` makes a source that travels: a run's finished train+eval jobs
+without adapter weights or checkpoints (a few hundred kB a job), each weights file replaced
+by a marker holding its sha256. Committed to git, it lets another machine or a later session
+resume the run with ``--reuse-jobs-from``: such a job counts as finished, and only a job that
+reads another's weights (a truncation of the probe, or an audit that cannot reuse audit.json)
+needs them retrained.
 """
 
 from __future__ import annotations
@@ -21,11 +30,20 @@ from pathlib import Path
 
 from gradience.errors import GradienceError
 from gradience.experiment import plan
-from gradience.experiment.records import read_record
+from gradience.experiment.records import (
+    ADAPTER_WEIGHTS,
+    WEIGHTS_REMOVED,
+    file_digest,
+    read_record,
+    weights_accounted_for,
+)
 from gradience.experiment.runfolder import CONFIG_FILE
+from gradience.io import write_json_atomic
 
 #: Left out of a copy: what a finished job no longer needs (its training checkpoints).
 SKIPPED = shutil.ignore_patterns("checkpoint-*")
+#: Left out by copy_without_weights as well: the adapter weights (replaced by a marker).
+WITHOUT_WEIGHTS = shutil.ignore_patterns("checkpoint-*", ADAPTER_WEIGHTS.name)
 
 
 def check_source(source: Path, run_dir: Path) -> Path:
@@ -64,6 +82,57 @@ def copy_finished_jobs(source: Path, ctx: plan.RunContext) -> list[str]:
         staging = target.with_name(target.name + ".copying")
         shutil.rmtree(staging, ignore_errors=True)
         shutil.copytree(origin, staging, ignore=SKIPPED)
+        copy_own_ranks(source, ctx.run_dir, seed, name)
         staging.rename(target)  # a killed copy leaves only the staging folder, never half a job
         copied.append(plan.job_id(seed, name))
     return copied
+
+
+def copy_without_weights(run: Path, dest: Path) -> list[str]:
+    """Copy ``run``'s config and its finished train+eval jobs into ``dest``, without adapter
+    weights or checkpoints; the copied job ids. Jobs already in ``dest`` are replaced, so
+    copying again after more jobs finished brings ``dest`` up to date.
+
+    Each removed weights file leaves :data:`WEIGHTS_REMOVED` with its sha256, checked against
+    the job record's ``output_digest`` first: a job whose weights do not match its record is
+    left out (it would not count as finished anywhere).
+    """
+    config = run / CONFIG_FILE
+    if not config.is_file():
+        raise GradienceError(f"holds no {CONFIG_FILE}: is this a run folder?", path=run)
+    if dest.resolve() == run.resolve() or run.resolve() in dest.resolve().parents:
+        raise GradienceError("is inside the run folder; give a folder outside it", path=dest)
+    dest.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(config, dest / CONFIG_FILE)
+    copied = []
+    for folder in sorted(run.glob("seed_*/*/")):
+        record = read_record(folder)
+        if record is None or record.kind != "train_eval" or record.status != "done":
+            continue
+        if not weights_accounted_for(folder, record):
+            continue
+        weights = folder / ADAPTER_WEIGHTS
+        if weights.is_file() and file_digest(weights) != record.output_digest:
+            continue
+        target = dest / folder.relative_to(run)
+        staging = target.with_name(target.name + ".copying")
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.copytree(folder, staging, ignore=WITHOUT_WEIGHTS)
+        if not (staging / WEIGHTS_REMOVED).is_file():
+            write_json_atomic(staging / WEIGHTS_REMOVED, {"sha256": record.output_digest})
+        if record.variant is not None:
+            copy_own_ranks(run, dest, record.seed, record.variant)
+        shutil.rmtree(target, ignore_errors=True)
+        staging.rename(target)
+        copied.append(record.job)
+    return copied
+
+
+def copy_own_ranks(source: Path, run_dir: Path, seed: int, variant: str) -> None:
+    """A variant that writes its own rank file (allocated, cross-seed) counts as finished only
+    with it: copy it along with its job (copied before the job folder lands)."""
+    origin = plan.ranks_file(source, seed, variant)
+    if variant in plan.OWN_RANKS and origin.is_file():
+        target = plan.ranks_file(run_dir, seed, variant)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(origin, target)

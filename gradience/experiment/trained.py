@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gradience.experiment import plan
+from gradience.experiment.records import require_weights
 
 if TYPE_CHECKING:
     from gradience.evaluate.batch_size import BatchSize
@@ -168,7 +169,9 @@ def truncate_probe(
     from gradience.train.lora_build import update_norms
 
     started = time.perf_counter()
-    probe_adapter = plan.job_dir(ctx.run_dir, seed, plan.PROBE) / "adapter"
+    probe_folder = plan.job_dir(ctx.run_dir, seed, plan.PROBE)
+    require_weights(probe_folder)
+    probe_adapter = probe_folder / "adapter"
     staging = folder / "adapter.partial"
     shutil.rmtree(staging, ignore_errors=True)
     compressed = truncate_adapter(probe_adapter, ranks, staging)
