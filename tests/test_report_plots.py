@@ -9,8 +9,8 @@ import pytest
 from fixtures.mechanism import WITHIN, scenario
 
 from gradience.config import HypothesisConfig
+from gradience.report.decision_plot import decision_figure
 from gradience.report.files import write_report
-from gradience.report.plots import decision_figure
 from gradience.results import MechanismAnalysis
 from gradience.stats import analyze
 

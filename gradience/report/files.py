@@ -171,11 +171,10 @@ def write_report(
     title: str = "Mechanism test",
 ) -> list[Path]:
     """report.md plus the PNGs whose inputs exist; returns the files written."""
+    from gradience.report.decision_plot import decision_caption, plot_decision
     from gradience.report.markdown import DECISION_FIGURE, render_report
     from gradience.report.plots import (
-        decision_caption,
         plot_accuracy,
-        plot_decision,
         plot_probe_spectra,
         plot_rank_heatmaps,
         plot_update_norms,

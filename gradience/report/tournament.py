@@ -22,6 +22,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from gradience.audit.names import layer_index, module_type
+from gradience.report.plots import save_figure
 from gradience.results import AggregatedResults, VariantRun
 from gradience.results_tournament import Tournament, TournamentEntry
 from gradience.stats.placement import SHUFFLE_K_PREFIX
@@ -30,7 +31,6 @@ from gradience.stats.tournament import entry_variants, shuffle_variants
 #: File names in the run folder (the report shows TOURNAMENT_FIGURE with the leaderboard).
 TOURNAMENT_FIGURE = "tournament.png"
 ALLOCATION_FIGURE = "allocation_heatmaps.png"
-DPI = 120
 PASS_COLOR, OTHER_COLOR, SHUFFLE_COLOR = "#0072B2", "#555555", "0.55"
 OUTCOME_TITLES = {
     "allocators_beat_random": "allocators that beat random placement: {winners}",
@@ -144,12 +144,6 @@ def tournament_markdown(section: Tournament, figure: str | None = TOURNAMENT_FIG
 
 
 # ---------------------------------------------------------------- the difference plot
-
-
-def _save(fig: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=DPI)
-    return path
 
 
 def _title(section: Tournament) -> str:
@@ -270,7 +264,7 @@ def tournament_figure(section: Tournament) -> Figure:
 
 def plot_tournament(section: Tournament, path: Path) -> Path:
     """tournament_figure, written to ``path`` (``RUN/tournament.png``)."""
-    return _save(tournament_figure(section), path)
+    return save_figure(tournament_figure(section), path)
 
 
 # ---------------------------------------------------------------- the allocations
@@ -396,4 +390,4 @@ def plot_allocation_heatmaps(
     seed: str | None = None,
 ) -> Path:
     """allocation_figure, written to ``path`` (``RUN/allocation_heatmaps.png``)."""
-    return _save(allocation_figure(results, variants, seed), path)
+    return save_figure(allocation_figure(results, variants, seed), path)
