@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Run the mechanism test end to end: checks, the experiment, the statistical analysis.
 #
-#   ./experiments/run_mechanism_test.sh [--accept-underpowered] [CONFIG]
+#   ./experiments/run_mechanism_test.sh [--accept-underpowered] [--reuse-jobs-from RUN] [CONFIG]
 #                                                     (default: experiments/mechanism_test_config.yaml)
 #
 # 1. checks up front, each with what to do: gradience importable; the power plan
@@ -9,7 +9,9 @@
 #    seeds the script stops (exit 4) unless --accept-underpowered is given or the config sets
 #    hypothesis.accept_underpowered: true; a CUDA GPU where the config needs one; the base
 #    model reachable (Hugging Face login / cache / HF_HUB_OFFLINE);
-# 2. `gradience mechanism run --config CONFIG` (rerunning resumes: finished jobs are kept);
+# 2. `gradience mechanism run --config CONFIG` (rerunning resumes: finished jobs are kept;
+#    --reuse-jobs-from RUN also starts from another run's finished jobs, e.g. a copy without
+#    weights made by experiments/carry_jobs.py);
 # 3. `python experiments/analyze_mechanism_test.py RUN/aggregated_results.json`.
 # Uses .venv/bin/python when a .venv exists here, else python3 from PATH.
 set -euo pipefail
@@ -17,12 +19,18 @@ cd "$(dirname "$0")/.."
 
 ACCEPT_UNDERPOWERED=0
 CONFIG=""
-for arg in "$@"; do
-  case $arg in
+REUSE=()
+USAGE="usage: $0 [--accept-underpowered] [--reuse-jobs-from RUN] [CONFIG]"
+while [[ $# -gt 0 ]]; do
+  case $1 in
     --accept-underpowered) ACCEPT_UNDERPOWERED=1 ;;
-    -*) printf 'error: unknown option %s (usage: %s [--accept-underpowered] [CONFIG])\n' "$arg" "$0" >&2; exit 2 ;;
-    *) [[ -z "$CONFIG" ]] || { printf 'error: more than one CONFIG given\n' >&2; exit 2; }; CONFIG="$arg" ;;
+    --reuse-jobs-from)
+      [[ $# -ge 2 ]] || { printf 'error: --reuse-jobs-from needs a folder (%s)\n' "$USAGE" >&2; exit 2; }
+      REUSE=(--reuse-jobs-from "$2"); shift ;;
+    -*) printf 'error: unknown option %s (%s)\n' "$1" "$USAGE" >&2; exit 2 ;;
+    *) [[ -z "$CONFIG" ]] || { printf 'error: more than one CONFIG given\n' >&2; exit 2; }; CONFIG="$1" ;;
   esac
+  shift
 done
 CONFIG="${CONFIG:-experiments/mechanism_test_config.yaml}"
 if [[ -x .venv/bin/python ]]; then PYTHON=.venv/bin/python; else PYTHON="$(command -v python3 || true)"; fi
@@ -67,7 +75,7 @@ checks_s=$SECONDS
 say "running the experiment into $RUN_DIR"
 set +e
 # --no-estimate: the checks above have just printed the memory and disk estimate
-"$PYTHON" -m gradience mechanism run --config "$CONFIG" --no-estimate
+"$PYTHON" -m gradience mechanism run --config "$CONFIG" --no-estimate "${REUSE[@]}"
 run_status=$?
 set -e
 [[ -f "$RUN_DIR/aggregated_results.json" ]] || die "no results written (exit code $run_status)" "$run_status"

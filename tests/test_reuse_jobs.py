@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import hashlib
+import subprocess
 from pathlib import Path
 
 import pytest
-from fixtures.reliability import gradience, reliability_config
+from fixtures.reliability import REPO, gradience, reliability_config, write_config
 from fixtures.scripts import experiment_script
 
 from gradience.errors import GradienceError
@@ -133,3 +134,26 @@ def test_carry_jobs_refuses_a_folder_that_is_no_run_or_lies_inside_it(
     assert digests(reference_run) == before
     assert carry.main([str(reference_run), str(tmp_path / "dest")]) == 0
     assert "2 finished jobs copied" in capsys.readouterr().out
+
+
+def test_the_run_script_resumes_from_carried_jobs_and_analyses_them(
+    reference_run, tmp_path
+) -> None:
+    carried = tmp_path / "carried"
+    copy_without_weights(reference_run, carried)
+    cfg = reliability_config()
+    cfg.env.output_base_dir = str(tmp_path / "resumed")
+    config = write_config(cfg, tmp_path / "small.yaml")
+    script = str(REPO / "experiments" / "run_mechanism_test.sh")
+
+    def run(*argv: str) -> subprocess.CompletedProcess:
+        return subprocess.run([script, *argv], capture_output=True, text=True, timeout=300)
+
+    missing = run("--accept-underpowered", str(config), "--reuse-jobs-from")
+    assert missing.returncode == 2 and "--reuse-jobs-from needs a folder" in missing.stderr
+    result = run("--accept-underpowered", "--reuse-jobs-from", str(carried), str(config))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "seed_42/per_layer: reused" in result.stderr  # the progress view
+    assert "seed_42/probe: reused" in result.stderr
+    assert (tmp_path / "resumed" / "mechanism_analysis.json").is_file()
+    assert accuracies(tmp_path / "resumed") == accuracies(reference_run)
