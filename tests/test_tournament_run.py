@@ -107,3 +107,22 @@ def test_the_analysis_and_report_carry_the_tournament(tournament_run):
     report = (run_dir / "report.md").read_text()
     assert "tournament.png" in report and (run_dir / "tournament.png").stat().st_size > 10_000
     assert (run_dir / "allocation_heatmaps.png").stat().st_size > 10_000
+
+
+def test_a_tournament_carried_without_weights_resumes_with_every_job_reused(
+    tournament_run, tmp_path
+):
+    from gradience.experiment.reuse import copy_without_weights
+
+    carried = tmp_path / "carried"
+    trained = [j for j, o in tournament_run.outcomes.items() if not j.endswith("/audit")]
+    assert sorted(copy_without_weights(tournament_run.run_dir, carried)) == sorted(trained)
+    resumed = run_mechanism_test(tournament_config(), tmp_path / "resumed", reuse_from=carried)
+    statuses = {job: outcome.status for job, outcome in resumed.outcomes.items()}
+    # the allocators' and the cross-fit's own rank files came along: nothing is retrained
+    assert {s for j, s in statuses.items() if not j.endswith("/audit")} == {"reused"}
+    assert {s for j, s in statuses.items() if j.endswith("/audit")} == {"done"}
+    for path in tournament_run.run_dir.glob("seed_*/ranks/*.json"):
+        relative = path.relative_to(tournament_run.run_dir)
+        if relative.name != "job.json":
+            assert (resumed.run_dir / relative).read_bytes() == path.read_bytes(), relative
