@@ -79,9 +79,7 @@ def copy_finished_jobs(source: Path, ctx: plan.RunContext) -> list[str]:
         record = read_record(origin)
         if target.exists() or record is None or record.status != "done":
             continue
-        staging = target.with_name(target.name + ".copying")
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(origin, staging, ignore=SKIPPED)
+        staging = stage_copy(origin, target, SKIPPED)
         copy_own_ranks(source, ctx.run_dir, seed, name)
         staging.rename(target)  # a killed copy leaves only the staging folder, never half a job
         copied.append(plan.job_id(seed, name))
@@ -115,9 +113,7 @@ def copy_without_weights(run: Path, dest: Path) -> list[str]:
         if weights.is_file() and file_digest(weights) != record.output_digest:
             continue
         target = dest / folder.relative_to(run)
-        staging = target.with_name(target.name + ".copying")
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.copytree(folder, staging, ignore=WITHOUT_WEIGHTS)
+        staging = stage_copy(folder, target, WITHOUT_WEIGHTS)
         if not (staging / WEIGHTS_REMOVED).is_file():
             write_json_atomic(staging / WEIGHTS_REMOVED, {"sha256": record.output_digest})
         if record.variant is not None:
@@ -136,3 +132,12 @@ def copy_own_ranks(source: Path, run_dir: Path, seed: int, variant: str) -> None
         target = plan.ranks_file(run_dir, seed, variant)
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(origin, target)
+
+
+def stage_copy(origin: Path, target: Path, ignore) -> Path:
+    """Copy ``origin`` next to ``target`` as ``<target>.copying`` (a stale one replaced); the
+    caller renames it into place, so a killed copy never leaves half a job at ``target``."""
+    staging = target.with_name(target.name + ".copying")
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(origin, staging, ignore=ignore)
+    return staging
