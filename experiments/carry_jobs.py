@@ -12,7 +12,8 @@ probe's audit) into DEST, leaving out adapter weights and checkpoints: each weig
 replaced by adapter/weights_removed.json with its sha256, which must equal the job record's
 output digest. ``--reuse-jobs-from DEST`` then copies those jobs into the new run, where each
 counts as finished when its inputs hash matches; the audits re-derive the ranks from the
-copied audit.json. Run it again after more jobs finished: jobs already in DEST are replaced.
+copied audit.json. Run it again after more jobs finished: jobs already in DEST with the same
+record are kept as they are, any other is replaced.
 Exit code 2 for bad input (RUN not a run folder, DEST inside RUN).
 """
 
@@ -37,7 +38,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {error}", file=sys.stderr)
         return error.exit_code
     size = sum(p.stat().st_size for p in args.dest.rglob("*") if p.is_file())
-    print(f"{len(copied)} finished jobs copied into {args.dest} ({size / 1e6:.1f} MB)")
+    held = len(list(args.dest.glob("seed_*/*/job.json")))
+    print(
+        f"{len(copied)} finished jobs copied into {args.dest}, "
+        f"which now holds {held} ({size / 1e6:.1f} MB)"
+    )
     return 0
 
 

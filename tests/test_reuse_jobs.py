@@ -103,6 +103,21 @@ def test_a_copy_without_weights_resumes_the_run_with_no_job_retrained(
     assert accuracies(run.run_dir) == accuracies(reference_run)
 
 
+def test_carrying_again_keeps_unchanged_jobs_and_replaces_changed_ones(
+    reference_run, tmp_path
+) -> None:
+    carried = tmp_path / "carried"
+    copy_without_weights(reference_run, carried)
+    kept = carried / "seed_42" / "probe" / "train_result.json"
+    kept.write_text("left alone")  # a job whose record is unchanged is not copied again
+    assert copy_without_weights(reference_run, carried) == []
+    assert kept.read_text() == "left alone"
+    marker = carried / "seed_42" / "per_layer" / WEIGHTS_REMOVED
+    marker.write_text('{"sha256": "0"}')  # a copy whose marker is wrong is replaced
+    assert copy_without_weights(reference_run, carried) == ["seed_42/per_layer"]
+    assert marker.read_text() != '{"sha256": "0"}'
+
+
 def test_weights_removed_without_a_matching_marker_are_retrained_and_a_reader_says_why(
     reference_run, tmp_path
 ) -> None:
@@ -133,7 +148,10 @@ def test_carry_jobs_refuses_a_folder_that_is_no_run_or_lies_inside_it(
     assert "is inside the run folder" in capsys.readouterr().err
     assert digests(reference_run) == before
     assert carry.main([str(reference_run), str(tmp_path / "dest")]) == 0
-    assert "2 finished jobs copied" in capsys.readouterr().out
+    assert "2 finished jobs copied into" in capsys.readouterr().out
+    assert carry.main([str(reference_run), str(tmp_path / "dest")]) == 0
+    assert "0 finished jobs copied into" in (out := capsys.readouterr().out)
+    assert "which now holds 2" in out
 
 
 def test_the_run_script_resumes_from_carried_jobs_and_analyses_them(

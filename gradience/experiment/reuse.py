@@ -32,7 +32,9 @@ from gradience.errors import GradienceError
 from gradience.experiment import plan
 from gradience.experiment.records import (
     ADAPTER_WEIGHTS,
+    JOB_FILE,
     WEIGHTS_REMOVED,
+    JobRecord,
     file_digest,
     read_record,
     weights_accounted_for,
@@ -88,8 +90,9 @@ def copy_finished_jobs(source: Path, ctx: plan.RunContext) -> list[str]:
 
 def copy_without_weights(run: Path, dest: Path) -> list[str]:
     """Copy ``run``'s config and its finished train+eval jobs into ``dest``, without adapter
-    weights or checkpoints; the copied job ids. Jobs already in ``dest`` are replaced, so
-    copying again after more jobs finished brings ``dest`` up to date.
+    weights or checkpoints; the copied job ids. Copying again after more jobs finished brings
+    ``dest`` up to date: a job already there with the same record and a marker of its digest
+    is left as it is (and not listed), any other is replaced.
 
     Each removed weights file leaves :data:`WEIGHTS_REMOVED` with its sha256, checked against
     the job record's ``output_digest`` first: a job whose weights do not match its record is
@@ -107,12 +110,14 @@ def copy_without_weights(run: Path, dest: Path) -> list[str]:
         record = read_record(folder)
         if record is None or record.kind != "train_eval" or record.status != "done":
             continue
+        target = dest / folder.relative_to(run)
+        if already_carried(folder, target, record):
+            continue
         if not weights_accounted_for(folder, record):
             continue
         weights = folder / ADAPTER_WEIGHTS
         if weights.is_file() and file_digest(weights) != record.output_digest:
             continue
-        target = dest / folder.relative_to(run)
         staging = stage_copy(folder, target, WITHOUT_WEIGHTS)
         if not (staging / WEIGHTS_REMOVED).is_file():
             write_json_atomic(staging / WEIGHTS_REMOVED, {"sha256": record.output_digest})
@@ -122,6 +127,18 @@ def copy_without_weights(run: Path, dest: Path) -> list[str]:
         staging.rename(target)
         copied.append(record.job)
     return copied
+
+
+def already_carried(folder: Path, target: Path, record: JobRecord) -> bool:
+    """``target`` is a weight-free copy of the finished job in ``folder``: the same record bytes
+    and a marker of its output digest (so the weights need not be hashed again)."""
+    copy = target / JOB_FILE
+    return (
+        copy.is_file()
+        and copy.read_bytes() == (folder / JOB_FILE).read_bytes()
+        and not (target / ADAPTER_WEIGHTS).exists()
+        and weights_accounted_for(target, record)
+    )
 
 
 def copy_own_ranks(source: Path, run_dir: Path, seed: int, variant: str) -> None:
