@@ -219,6 +219,29 @@ def test_a_wide_placement_interval_is_never_called_level():
     assert "with the same ranks shuffled" in headline(analyze(narrow, HYP), narrow)
 
 
+def test_a_ruled_out_gain_is_named_when_a_loss_is_not_ruled_out():
+    """One-sided FAIL: the upper end lies below the threshold, the lower end beyond -threshold;
+    the sentence says the gain is ruled out without calling the two level."""
+    base = [0.650, 0.700, 0.620, 0.680, 0.660]
+    diffs = [-0.012, 0.006, -0.014, 0.004, -0.006]
+    results = build_results(
+        {
+            "probe": _seeds(base),
+            "per_layer": _seeds([b + 0.03 for b in base]),
+            "per_layer_shuffled_within_type": _seeds(
+                [b + 0.03 - d for b, d in zip(base, diffs, strict=True)]
+            ),
+        }
+    )
+    analysis = analyze(results, HYP)
+    m = analysis.contrasts["per_layer_vs_per_layer_shuffled_within_type"]
+    low, high = m.decision_ci
+    assert m.outcome == "fail" and low < -0.01 < high < 0.01
+    sentence = headline(analysis, results)
+    assert "less than 0.01 above the same ranks shuffled within each module type" in sentence
+    assert f"[{low:+.4f}, {high:+.4f}]" in sentence
+
+
 def test_extra_contrasts_add_and_never_change_the_verdict():
     results = scenario("heterogeneity_only", seed_sd=0.002)
     plain = analyze(results, HYP)

@@ -4,8 +4,11 @@ The console ends with them and the report opens with them. The sentence is built
 verdict's label and the two contrasts it turns on (per_layer vs the probe; per_layer vs the
 same ranks shuffled within each module type, or the seed's shuffle when that is all there
 is); each comparison's words come from where its deciding (family-wise) interval lies:
-"above" or "below" when it excludes 0, "level with" only when it lies inside ±threshold, and
-"not distinguishable from" otherwise, so the words never claim more than the interval does.
+"above" or "below" when it excludes 0, "level with" only when it lies inside ±threshold, "less
+than <threshold> above" when only its upper end lies below the threshold (a gain that large is
+ruled out, a loss is not), and "not distinguishable from" otherwise, so the words never claim
+more than the interval does. The interval is printed to 4 decimals, so a bound just inside
+the threshold does not read as the threshold itself.
 """
 
 from __future__ import annotations
@@ -56,8 +59,8 @@ def _interval(c: Contrast) -> tuple[tuple[float, float] | None, str]:
 
 
 def relation(c: Contrast) -> str:
-    """'above' / 'below' (interval excludes 0), 'level with' (inside ±threshold), else
-    'not distinguishable from'."""
+    """'above' / 'below' (interval excludes 0), 'level with' (inside ±threshold), 'less than
+    <threshold> above' (only the upper end below the threshold), else 'not distinguishable from'."""
     interval, _ = _interval(c)
     if interval is None:
         return "undecided against"
@@ -68,6 +71,8 @@ def relation(c: Contrast) -> str:
         return "below"
     if c.threshold is not None and -c.threshold < low and high < c.threshold:
         return f"level (within ±{c.threshold:g}) with"
+    if c.threshold is not None and high < c.threshold:
+        return f"less than {c.threshold:g} above"
     return "not distinguishable from"
 
 
@@ -76,7 +81,7 @@ def _comparison(c: Contrast | None, what: str, results: AggregatedResults, metri
         return f"it could not be compared with {what}"
     other = variant_mean(results, c.b, metric)
     interval, name = _interval(c)
-    ci = "no interval" if interval is None else f"{name} [{interval[0]:+.3f}, {interval[1]:+.3f}]"
+    ci = "no interval" if interval is None else f"{name} [{interval[0]:+.4f}, {interval[1]:+.4f}]"
     score = "" if other is None else f"{other:.3f}; "
     return f"{relation(c)} {what} ({score}difference {c.mean_diff:+.3f}, {ci})"
 
