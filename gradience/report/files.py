@@ -125,7 +125,9 @@ def analyze_results(
                     field="variants",
                 )
     analysis = analyze(results, hypothesis, contrasts, registered_plan(run_dir))
-    analysis.inputs["results_file"] = str(results_path.resolve())
+    # as given (like hypothesis_source): a committed analysis made from the repository root
+    # names repository-relative files, the same on every clone
+    analysis.inputs["results_file"] = str(results_path)
     analysis.inputs["hypothesis_source"] = source
     out = Path(output_dir) if output_dir is not None else run_dir
     output = AnalysisOutput(analysis, results, results_path, out)

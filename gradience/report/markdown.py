@@ -6,6 +6,13 @@ from collections.abc import Mapping, Sequence
 
 from gradience import __version__
 from gradience.report.headline import fine_tuning_gain, headline
+from gradience.report.mdtext import interval, num, p_value, table
+from gradience.report.sections import (
+    looks_section,
+    placement_section,
+    truncation_section,
+    update_norms_section,
+)
 from gradience.results import AggregatedResults, Contrast, MechanismAnalysis
 from gradience.stats import verdict as verdict_rule
 from gradience.stats.item_level import __doc__ as BOOTSTRAP_DOC
@@ -14,24 +21,6 @@ from gradience.stats.item_level import __doc__ as BOOTSTRAP_DOC
 ACCURACY_FIGURE = "accuracy.png"
 #: The decision figure's file name: shown right under the verdict's heading.
 DECISION_FIGURE = "decision.png"
-
-
-def _num(x: float | None, fmt: str = ".4f") -> str:
-    return "—" if x is None else format(x, fmt)
-
-
-def _p(x: float | None) -> str:
-    return "—" if x is None else (f"{x:.2e}" if x < 1e-4 else f"{x:.4f}")
-
-
-def _interval(ci: Sequence[float] | None) -> str:
-    return "—" if ci is None else f"[{ci[0]:+.4f}, {ci[1]:+.4f}]"
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in rows]
-    return lines + [""]
 
 
 def _setup(analysis: MechanismAnalysis, results: AggregatedResults) -> list[str]:
@@ -67,7 +56,7 @@ def _setup(analysis: MechanismAnalysis, results: AggregatedResults) -> list[str]
                 f"power target {hyp.get('power')}",
             ]
         )
-    return ["## Setup", ""] + _table(["", ""], rows)
+    return ["## Setup", ""] + table(["", ""], rows)
 
 
 def _lmeval(aggregate) -> str:
@@ -77,7 +66,7 @@ def _lmeval(aggregate) -> str:
         values = [
             getattr(r, field) for r in aggregate.runs.values() if getattr(r, field) is not None
         ]
-        means.append(_num(sum(values) / len(values)) if values else "—")
+        means.append(num(sum(values) / len(values)) if values else "—")
     return " / ".join(means)
 
 
@@ -101,8 +90,8 @@ def _variants(results: AggregatedResults, metric: str) -> list[str]:
             [
                 f"`{name}`",
                 str(len(present)),
-                f"{_num(mean)} ± {_num(sd)}",
-                *[_num(v) for v in values],
+                f"{num(mean)} ± {num(sd)}",
+                *[num(v) for v in values],
                 *([_lmeval(aggregate)] if lmeval else []),
                 "—" if params is None else f"{params:,.0f}",
             ]
@@ -115,7 +104,7 @@ def _variants(results: AggregatedResults, metric: str) -> list[str]:
         *(["lm-eval strict / flexible (beside, not primary)"] if lmeval else []),
         "trainable params",
     ]
-    lines = [f"## Variants ({metric}; sd over seeds, ddof=1)", ""] + _table(header, rows)
+    lines = [f"## Variants ({metric}; sd over seeds, ddof=1)", ""] + table(header, rows)
     base = results.base_model
     if base is None:
         return lines + ["The base model without LoRA was not scored (task.eval_base_model).", ""]
@@ -142,145 +131,41 @@ def _contrast(name: str, c: Contrast, power: float) -> list[str]:
     rows = [
         ["role", c.role or "—"],
         ["paired seeds", paired],
-        ["trainable parameters a / b", _num(c.param_ratio, ".3f")],
-        [f"mean diff `{c.a}` − `{c.b}`", _num(c.mean_diff, "+.4f")],
-        ["95% CI (t, paired)", _interval(c.ci95)],
-        ["paired t, one-sided", f"t = {_num(t.statistic, '.3f')}, p = {_p(t.p)}"],
-        ["Holm p", _p(c.holm_p)],
-        ["Welch t, one-sided", f"t = {_num(w.statistic, '.3f')}, p = {_p(w.p)}"],
-        ["Cohen's d / d_z", f"{_num(c.cohens_d, '.2f')} / {_num(c.cohens_dz, '.2f')}"],
+        ["trainable parameters a / b", num(c.param_ratio, ".3f")],
+        [f"mean diff `{c.a}` − `{c.b}`", num(c.mean_diff, "+.4f")],
+        ["95% CI (t, paired)", interval(c.ci95)],
+        ["paired t, one-sided", f"t = {num(t.statistic, '.3f')}, p = {p_value(t.p)}"],
+        ["Holm p", p_value(c.holm_p)],
+        ["Welch t, one-sided", f"t = {num(w.statistic, '.3f')}, p = {p_value(w.p)}"],
+        ["Cohen's d / d_z", f"{num(c.cohens_d, '.2f')} / {num(c.cohens_dz, '.2f')}"],
         [
             f"seeds for {power:.0%} power (observed d_z; one-sided α, before Holm)",
-            _num(c.seeds_for_80pct_power, "d"),
+            num(c.seeds_for_80pct_power, "d"),
         ],
     ]
     if c.threshold is not None:
         rows.append(
             [
                 f"at the threshold {c.threshold:g} (observed sd)",
-                f"power now {_num(c.power_at_threshold, '.2f')}; seeds for {power:.0%}: "
-                f"{_num(c.seeds_for_80pct_power_at_threshold, 'd')}",
+                f"power now {num(c.power_at_threshold, '.2f')}; seeds for {power:.0%}: "
+                f"{num(c.seeds_for_80pct_power_at_threshold, 'd')}",
             ]
         )
     rows.append(
         [
             "item level, pooled bootstrap",
-            f"diff {_num(pooled.estimate, '+.4f')}, 95% CI "
-            f"{_interval(pooled.ci95)}, one-sided p = {_p(pooled.p)}",
+            f"diff {num(pooled.estimate, '+.4f')}, 95% CI "
+            f"{interval(pooled.ci95)}, one-sided p = {p_value(pooled.p)}",
         ]
     )
-    lines = [f"### `{name}` ({family})", ""] + _table(["statistic", "value"], rows)
+    lines = [f"### `{name}` ({family})", ""] + table(["statistic", "value"], rows)
     if c.item_level.mcnemar:
-        mc_rows = [[s, str(m.b), str(m.c), _p(m.p)] for s, m in c.item_level.mcnemar.items()]
+        mc_rows = [[s, str(m.b), str(m.c), p_value(m.p)] for s, m in c.item_level.mcnemar.items()]
         lines += ["Exact McNemar per seed (b: only A right, c: only B right; two-sided):", ""]
-        lines += _table(["seed", "b", "c", "p"], mc_rows)
+        lines += table(["seed", "b", "c", "p"], mc_rows)
     notes = list(c.notes) + [r for r in (t.reason, w.reason, pooled.reason) if r]
     lines += [f"- {note}" for note in dict.fromkeys(notes)]
     return lines + ([""] if notes else [])
-
-
-def _placement(analysis: MechanismAnalysis) -> list[str]:
-    p = analysis.placement
-    if p is None:
-        return []
-    pct = "—" if p.shuffle_percentile is None else f"{p.shuffle_percentile:.0f}th"
-    rows = [
-        [
-            "modules whose rank the seed's shuffle changes",
-            _num(p.seed_rule_changed_fraction, ".2f"),
-        ],
-        [
-            "modules whose rank the within-type shuffle changes",
-            _num(p.within_type_changed_fraction, ".2f"),
-        ],
-        [
-            "share of per_layer's parameters the within-type shuffle moves "
-            f"(a placement FAIL needs ≥ {_num(p.min_moved_fraction, '.0%')})",
-            _num(p.within_type_moved_fraction, ".1%"),
-        ],
-        [
-            "per_layer rank agreement across seeds (mean Spearman ρ)",
-            _num(p.rank_agreement_across_seeds, ".2f"),
-        ],
-        [
-            "per_layer among the k within-type shuffles (percentile; permutation p, "
-            "significant at p ≤ α)",
-            f"{pct}; {_p(p.shuffle_permutation_p)}"
-            + (
-                ""
-                if p.shuffle_permutation_significant is None
-                else (
-                    " (significant)" if p.shuffle_permutation_significant else " (not significant)"
-                )
-            ),
-        ],
-        [
-            "smallest placement effect detectable at the target power and the family-wise "
-            f"level ({p.decision_contrast or '—'})",
-            f"{_num(p.min_detectable_effect, '.4f')} (threshold {_num(p.threshold, 'g')})",
-        ],
-    ]
-    lines = ["## Can this run see placement?", ""] + _table(["", ""], rows)
-    if p.min_detectable_effect is not None and p.threshold is not None:
-        if p.min_detectable_effect > p.threshold:
-            lines += [
-                f"- With this spread and these seeds, only a placement effect of "
-                f"{p.min_detectable_effect:.4f} or more would be detected with the target power: "
-                f"more than the threshold {p.threshold:g}. Smaller effects can go unseen.",
-            ]
-        else:
-            lines += [
-                f"- A placement effect at the threshold {p.threshold:g} would be detected with the "
-                "target power.",
-            ]
-    lines += [f"- {note}" for note in p.notes]
-    return lines + [""]
-
-
-def _update_norms(analysis: MechanismAnalysis) -> list[str]:
-    if not analysis.update_norm_vs_rank:
-        return []
-    rows = [
-        [f"`{name}`", _num(d.slope, "+.3f"), str(d.n_modules), d.reason or ""]
-        for name, d in analysis.update_norm_vs_rank.items()
-    ]
-    return [
-        "## Update size vs rank",
-        "",
-        "Slope of log ‖s·B·A‖_F on log r (0: update size independent of rank; 0.5: grows like "
-        "√r). Per variant within module type; `all_variants`: each module against itself "
-        "across the variants of a seed. A slope far from 0 means that placing rank also "
-        "places an effective step size.",
-        "",
-    ] + _table(["variant", "slope", "modules", "note"], rows)
-
-
-def _truncation(analysis: MechanismAnalysis) -> list[str]:
-    """The truncation arm in words: what compression costs before any retraining."""
-    cost = analysis.contrasts.get("per_layer_truncated_vs_probe")
-    if cost is None or cost.mean_diff is None:
-        return []
-    lines = [
-        "## Compression without retraining",
-        "",
-        f"- Truncating the probe to per_layer's ranks (SVD, no retraining) changes {cost.a} − "
-        f"{cost.b} by {cost.mean_diff:+.4f} (95% CI {_interval(cost.ci95)}, {cost.n_seeds} "
-        f"seed(s)), at {_num(cost.param_ratio, '.3f')}× the probe's parameters.",
-    ]
-    retrain = analysis.contrasts.get("per_layer_vs_per_layer_truncated")
-    if retrain is not None and retrain.mean_diff is not None:
-        lines.append(
-            f"- Retraining at those ranks (per_layer) instead gives {retrain.mean_diff:+.4f} over "
-            f"the truncated probe (95% CI {_interval(retrain.ci95)})."
-        )
-    placed = analysis.contrasts.get("per_layer_truncated_crossseed_vs_probe_truncated_shuffled")
-    if placed is not None and placed.mean_diff is not None:
-        lines.append(
-            "- Truncated to the ranks another seed's audit chose vs to their within-type shuffle "
-            f"(same parameters; neither read off this probe's spectrum): {placed.mean_diff:+.4f} "
-            f"(95% CI {_interval(placed.ci95)}): placement before any retraining."
-        )
-    return lines + [""]
 
 
 def _plan_line(analysis: MechanismAnalysis) -> str:
@@ -294,37 +179,6 @@ def _plan_line(analysis: MechanismAnalysis) -> str:
         f"**The analysis plan `{analysis.plan_hash}` differs from the one registered before the "
         f"data (`{analysis.registered_plan_hash}`): see the verdict's first line.**"
     )
-
-
-def _looks(analysis: MechanismAnalysis) -> list[str]:
-    """The sequential looks: seeds so far, the boundary and each contrast's decision."""
-    if not analysis.looks or analysis.sequential is None:
-        return []
-    names = sorted({n for look in analysis.looks for n in look["contrasts"]})  # type: ignore[union-attr]
-    rows = []
-    for look in analysis.looks:
-        cells = [str(look["n_seeds"]), _p(look["boundary_p"])]  # type: ignore[arg-type]
-        for name in names:
-            d = look["contrasts"].get(name)  # type: ignore[union-attr]
-            cells.append(
-                "—"
-                if d is None
-                else f"{_num(d['mean'], '+.4f')}; p {_p(d['p_pass'])} / {_p(d['p_fail'])}"
-                + (f" **{d['decision']}**" if d["decision"] else "")
-            )
-        rows.append(cells)
-    seq = analysis.sequential
-    return [
-        "## Sequential looks",
-        "",
-        f"Seeds {seq['min_seeds']}..{seq['max_seeds']}, each primary contrast at one-sided level "
-        f"{_num(seq['level_per_contrast'], 'g')} spent over the looks (gradience.stats.sequential); "
-        f"{seq['reason']}. Each cell: mean difference; p against 0 / p against the threshold "
-        "(PASS / FAIL when at or below the look's boundary).",
-        "",
-        *_table(["seeds", "boundary p", *names], rows),
-        "",
-    ]
 
 
 def render_report(
@@ -364,8 +218,10 @@ def render_report(
             "",
         ]
     lines += _setup(analysis, results) + _variants(results, metric)
-    lines += _looks(analysis)
-    lines += _placement(analysis) + _truncation(analysis) + _update_norms(analysis)
+    lines += looks_section(analysis)
+    lines += (
+        placement_section(analysis) + truncation_section(analysis) + update_norms_section(analysis)
+    )
     if analysis.tournament is not None:
         from gradience.report.tournament import tournament_markdown  # matplotlib: only if needed
 
@@ -377,7 +233,7 @@ def render_report(
         lines += _contrast(name, contrast, power)
     if results.failures:
         lines += ["## Failures", ""]
-        lines += _table(
+        lines += table(
             ["seed", "variant", "error"],
             [[str(f.seed), f.variant, f.error.replace("|", "\\|")] for f in results.failures],
         )

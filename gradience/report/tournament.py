@@ -22,6 +22,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from gradience.audit.names import layer_index, module_type
+from gradience.report.mdtext import num, table
 from gradience.report.plots import save_figure
 from gradience.results import AggregatedResults, VariantRun
 from gradience.results_tournament import Tournament, TournamentEntry
@@ -42,10 +43,6 @@ OUTCOME_TITLES = {
 # ---------------------------------------------------------------- markdown
 
 
-def _num(x: float | None, fmt: str) -> str:
-    return "—" if x is None or not math.isfinite(x) else format(x, fmt)
-
-
 def _p(x: float | None) -> str:
     return "—" if x is None else (f"{x:.2e}" if x < 1e-3 else f"{x:.3f}")
 
@@ -56,7 +53,7 @@ def _seed_ranks(entry: TournamentEntry) -> str:
 
 
 def _difference(entry: TournamentEntry) -> str:
-    text = _num(entry.mean_diff_vs_shuffles, "+.4f")
+    text = num(entry.mean_diff_vs_shuffles, "+.4f")
     if entry.ci95 is not None:
         text += f" [{entry.ci95[0]:+.4f}, {entry.ci95[1]:+.4f}]"
     return text
@@ -72,16 +69,16 @@ def leaderboard_rows(section: Tournament) -> list[list[str]]:
         [
             str(place),
             f"`{e.variant}`",
-            _num(e.mean_accuracy, ".4f"),
+            num(e.mean_accuracy, ".4f"),
             _difference(e),
-            _num(e.percentile, ".0f"),
+            num(e.percentile, ".0f"),
             _seed_ranks(e),
             _p(e.p),
             _p(e.p_holm),
             _passes(e),
-            _num(e.param_ratio, ".3f"),
-            _num(e.update_size_ratio, ".2f"),
-            _num(e.update_size_slope, ".2f"),
+            num(e.param_ratio, ".3f"),
+            num(e.update_size_ratio, ".2f"),
+            num(e.update_size_slope, ".2f"),
         ]
         for place, e in enumerate(section.entries, start=1)
     ]
@@ -127,9 +124,7 @@ def tournament_markdown(section: Tournament, figure: str | None = TOURNAMENT_FIG
         "update size ratio",
         "update slope",
     ]
-    lines += ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
-    lines += ["| " + " | ".join(row) + " |" for row in leaderboard_rows(section)]
-    lines.append("")
+    lines += table(header, leaderboard_rows(section))
     lines.append(
         "*Rank per seed: 1 + the shuffles scoring ≥ the entry, out of k + 1 (ties count against "
         "the entry). Percentile: share of shuffles below the entry's seed mean. Param ratio: "
@@ -232,7 +227,7 @@ def tournament_figure(section: Tournament) -> Figure:
     )
     if not spread:
         ax.text(0, bottom, "no shuffle ran at every seed", ha="center", va="center", fontsize=8)
-    labels = [f"{e.variant}\nparams ×{_num(e.param_ratio, '.2f')}" for e in entries]
+    labels = [f"{e.variant}\nparams ×{num(e.param_ratio, '.2f')}" for e in entries]
     labels.append(f"random placement\n({section.k} within-type shuffles)")
     ax.set_yticks([-float(i) for i in range(len(entries) + 1)], labels)
     ax.tick_params(axis="y", length=0, labelsize=8)
