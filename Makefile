@@ -64,8 +64,13 @@ demo: demo-setup
 smollm2: setup
 	./experiments/run_mechanism_test.sh experiments/configs/smollm2_cpu.yaml
 
+# After `make smollm2` its probe, per_layer and within-type shuffle of seeds 42-44 are the
+# tournament's own (same bytes): reused when their inputs hash matches, not trained again.
+SMOLLM2_RUN := experiments/smollm2_results
 smollm2-tournament: setup
-	./experiments/run_mechanism_test.sh experiments/configs/smollm2_tournament.yaml
+	./experiments/run_mechanism_test.sh \
+		$(if $(wildcard $(SMOLLM2_RUN)/config.yaml),--reuse-jobs-from $(SMOLLM2_RUN)) \
+		experiments/configs/smollm2_tournament.yaml
 
 # EVA and AdaLoRA come from PEFT, which the demo's install already has.
 tournament: demo-setup
