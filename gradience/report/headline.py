@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import statistics
 
+from gradience.report.mdtext import interval
 from gradience.results import AggregatedResults, Contrast, MechanismAnalysis
 
 _LEADS = {
@@ -50,7 +51,7 @@ def fine_tuning_gain(results: AggregatedResults, metric: str) -> float | None:
     return probe - getattr(results.base_model, metric)
 
 
-def _interval(c: Contrast) -> tuple[tuple[float, float] | None, str]:
+def _deciding_interval(c: Contrast) -> tuple[tuple[float, float] | None, str]:
     """The interval the words are read from: the family-wise one where recorded, else the 95% CI."""
     if c.decision_ci is not None and c.decision_confidence is not None:
         level = f"{c.decision_confidence:.1%}".replace(".0%", "%")
@@ -61,10 +62,10 @@ def _interval(c: Contrast) -> tuple[tuple[float, float] | None, str]:
 def relation(c: Contrast) -> str:
     """'above' / 'below' (interval excludes 0), 'level with' (inside ±threshold), 'less than
     <threshold> above' (only the upper end below the threshold), else 'not distinguishable from'."""
-    interval, _ = _interval(c)
-    if interval is None:
+    ci, _ = _deciding_interval(c)
+    if ci is None:
         return "undecided against"
-    low, high = interval
+    low, high = ci
     if low > 0:
         return "above"
     if high < 0:
@@ -80,8 +81,8 @@ def _comparison(c: Contrast | None, what: str, results: AggregatedResults, metri
     if c is None or c.mean_diff is None:
         return f"it could not be compared with {what}"
     other = variant_mean(results, c.b, metric)
-    interval, name = _interval(c)
-    ci = "no interval" if interval is None else f"{name} [{interval[0]:+.4f}, {interval[1]:+.4f}]"
+    ci_values, name = _deciding_interval(c)
+    ci = "no interval" if ci_values is None else f"{name} {interval(ci_values)}"
     score = "" if other is None else f"{other:.3f}; "
     return f"{relation(c)} {what} ({score}difference {c.mean_diff:+.3f}, {ci})"
 

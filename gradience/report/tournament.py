@@ -22,7 +22,7 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from gradience.audit.names import layer_index, module_type
-from gradience.report.mdtext import num, table
+from gradience.report.mdtext import interval, num, table
 from gradience.report.plots import save_figure
 from gradience.results import AggregatedResults, VariantRun
 from gradience.results_tournament import Tournament, TournamentEntry
@@ -55,7 +55,7 @@ def _seed_ranks(entry: TournamentEntry) -> str:
 def _difference(entry: TournamentEntry) -> str:
     text = num(entry.mean_diff_vs_shuffles, "+.4f")
     if entry.ci95 is not None:
-        text += f" [{entry.ci95[0]:+.4f}, {entry.ci95[1]:+.4f}]"
+        text += f" {interval(entry.ci95)}"
     return text
 
 
